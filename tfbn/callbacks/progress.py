@@ -1,0 +1,67 @@
+"""Prints training progress: step, loss, accuracy, test accuracy and ETA."""
+
+import sys
+import time
+
+import keras
+
+# When the output is not a terminal, print at most one line per this many seconds.
+PLAIN_LINE_INTERVAL_S = 10.0
+
+
+class Progress(keras.callbacks.Callback):
+    """Prints one progress line per evaluation period.
+
+    On a terminal the line is rewritten in place; otherwise (a log file) a plain
+    line is printed at most every `PLAIN_LINE_INTERVAL_S` seconds and at the end.
+
+    Args:
+        total_steps: Steps the training runs for.
+        prefix: Text that opens every line, e.g. ``trial 2/3  bn=before``.
+        stream: Where to print; standard output by default.
+    """
+
+    def __init__(self, total_steps, prefix="", stream=None):
+        super().__init__()
+        self.total_steps = total_steps
+        self.prefix = prefix
+        self.stream = stream
+        self._start = None
+        self._last_print = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+        self._last_print = float("-inf")
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        now = time.monotonic()
+        done = step >= self.total_steps
+        interactive = self._stream.isatty()
+        if not (interactive or done or now - self._last_print >= PLAIN_LINE_INTERVAL_S):
+            return
+        self._last_print = now
+        elapsed = now - self._start
+        eta = elapsed * (self.total_steps - step) / max(step, 1)
+        line = (f"{self.prefix}  |  step {step}/{self.total_steps}  "
+                f"loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.3f}  "
+                f"test acc {logs.get('val_accuracy', float('nan')):.3f}  |  "
+                f"{'took' if done else 'ETA'} {format_duration(elapsed if done else eta)}")
+        end = "\n" if done or not interactive else ""
+        print(("\r\033[K" if interactive else "") + line, end=end, file=self._stream, flush=True)
+
+    @property
+    def _stream(self):
+        return self.stream or sys.stdout
+
+
+def format_duration(seconds):
+    """``75.2`` -> ``'1m15s'``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

@@ -1,0 +1,84 @@
+"""Data sets as `tf.data` pipelines of flattened [0, 1] images and integer labels.
+
+Sources (``data.source`` in the config):
+
+* ``digits``: scikit-learn's 8x8 digits, offline; see `load_digits`.
+* ``tfds``: any tensorflow-datasets image-classification set by ``data.name``.
+* ``idx``: the four MNIST-format IDX files in ``data.path``.
+
+Example:
+
+```python
+data = tfbn.data.load_data(config.data)
+train, test = tfbn.data.make_datasets(data, batch_size=64, seed=0)
+```
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from tfbn.data.sources import load_digits, load_idx, load_tfds
+from tfbn.data.subset import select_classes
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Train and test arrays of one data set after class selection."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self):
+        return self.x_train.shape[1:]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_source(source, name, data_dir, path):
+    # Cached: every trial of a study reads the same files.
+    if source == "digits":
+        return load_digits()
+    if source == "idx":
+        return load_idx(path)
+    return load_tfds(name, data_dir)
+
+
+def load_data(data_config):
+    """Loads the data set a `tfbn.config.DataConfig` names and keeps its classes.
+
+    Returns:
+        A `Data` whose labels are ``0..num_classes-1``.
+    """
+    c = data_config
+    x_train, y_train, x_test, y_test = _load_source(c.source, c.name, c.data_dir, c.path)
+    classes = c.classes if c.classes is not None else tuple(np.unique(y_train).tolist())
+    x_train, y_train = select_classes(x_train, y_train, classes, c.max_train_per_class, c.train_ratio)
+    x_test, y_test = select_classes(x_test, y_test, classes, c.max_test_per_class, c.test_ratio)
+    return Data(x_train, y_train, x_test, y_test, len(classes))
+
+
+def make_datasets(data, batch_size, seed, eval_batch_size=1000):
+    """Builds the training and test pipelines.
+
+    The training pipeline reshuffles the whole training split every pass with
+    ``seed``, repeats forever and drops the last partial batch, so runs with
+    the same seed see the same batches in the same order.
+
+    Returns:
+        ``(train, test)`` `tf.data.Dataset`s of ``(x, y)`` batches.
+    """
+    train = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
+             .shuffle(len(data.y_train), seed=seed, reshuffle_each_iteration=True)
+             .repeat()
+             .batch(batch_size, drop_remainder=True)
+             .prefetch(tf.data.AUTOTUNE))
+    test = (tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test))
+            .batch(eval_batch_size)
+            .prefetch(tf.data.AUTOTUNE))
+    return train, test

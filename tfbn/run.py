@@ -1,0 +1,50 @@
+"""Command line: run the study a config describes.
+
+    python -m tfbn.run --config configs/quickstart.yaml [--set train.steps=500]
+
+Trains every trial of the config's study (resuming an earlier run of the same
+experiment), writes TensorBoard runs and ``results.csv`` under
+``<log.dir>/<experiment>/`` and prints a table comparing the trials. Errors in
+the user's input exit with status 2 and a one-line message.
+"""
+
+import argparse
+import sys
+
+from tfbn.errors import UserError
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m tfbn.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config file, e.g. configs/quickstart.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.steps=500 (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="print no progress lines")
+    parser.add_argument("--restart", action="store_true",
+                        help="move an earlier run of this experiment aside and start afresh")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        from tfbn.config import load_config
+        from tfbn.results import format_table
+        from tfbn.study import study_factors
+        from tfbn.sweep import run_study
+
+        config = load_config(args.config, args.overrides)
+        rows = run_study(config, quiet=args.quiet, restart=args.restart)
+    except UserError as e:
+        print(f"tfbn: error: {e}", file=sys.stderr)
+        return 2
+    print(f"\n{config.experiment}: test accuracy with BN's moving statistics "
+          f"(threshold {config.train.threshold})")
+    print(format_table(rows, list(study_factors(config))))
+    print(f"\nTensorBoard: tensorboard --logdir {config.log.dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
