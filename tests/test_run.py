@@ -1,0 +1,72 @@
+import csv
+import os
+import pathlib
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util.tensor_util import make_ndarray
+
+from tfbn.run import main
+
+QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+SHORT = ["train.steps=200", "train.eval_every=50", "log.instruments=[]"]
+
+
+def run(tmp_path, *overrides):
+    args = ["--config", QUICKSTART, "--quiet", "--set", f"log.dir={tmp_path}"]
+    for override in (*SHORT, *overrides):
+        args += ["--set", override]
+    return main(args)
+
+
+def read_scalars(run_dir):
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {tag: [(e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+            for tag in events.Tags()["tensors"]}
+
+
+def test_that_a_digits_study_writes_one_tensorboard_run_per_arm_against_the_step(tmp_path, capsys):
+    assert run(tmp_path) == 0
+    experiment = tmp_path / "quickstart"
+    assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == [
+        "bn=after", "bn=before", "bn=none", "tuner"]
+    for arm in ("none", "before", "after"):
+        scalars = read_scalars(experiment / f"bn={arm}")
+        assert set(scalars) == {"loss/train", "loss/test", "accuracy/train", "accuracy/test"}
+        for values in scalars.values():
+            assert [step for step, _ in values] == [50, 100, 150, 200]
+            assert all(0 <= v < 10 for _, v in values)
+    rows = list(csv.DictReader(open(experiment / "results.csv")))
+    assert [row["bn"] for row in rows] == ["none", "before", "after"]
+    accuracy = read_scalars(experiment / "bn=before")["accuracy/test"]
+    row = rows[1]
+    assert float(row["final_accuracy"]) == pytest.approx(accuracy[-1][1])
+    assert float(row["best_accuracy"]) == pytest.approx(max(v for _, v in accuracy))
+    assert row["status"] == "ok" and row["steps_run"] == "200"
+    table = capsys.readouterr().out
+    assert "bn      final acc  best acc  steps to thr  status" in table
+    assert (experiment / "config.yaml").read_text().count("steps: 200") == 1
+
+
+def test_that_a_rerun_resumes_without_training_again_and_a_changed_config_is_refused(tmp_path, capsys):
+    assert run(tmp_path, "study.factors.bn=[none]") == 0
+    experiment = tmp_path / "quickstart"
+    before = {p: p.stat().st_mtime_ns for p in experiment.rglob("*events*")}
+    assert run(tmp_path, "study.factors.bn=[none]") == 0
+    assert {p: p.stat().st_mtime_ns for p in experiment.rglob("*events*")} == before
+    assert len(list(csv.DictReader(open(experiment / "results.csv")))) == 1
+
+    assert run(tmp_path, "study.factors.bn=[none]", "train.learning_rate=0.1") == 2
+    assert "train.learning_rate changed" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in experiment.rglob("*events*")} == before
+
+
+def test_that_restart_moves_the_earlier_run_aside(tmp_path):
+    args = ["--config", QUICKSTART, "--quiet", "--restart", "--set", f"log.dir={tmp_path}",
+            *sum((["--set", o] for o in (*SHORT, "study.factors.bn=[none]")), [])]
+    assert main(args) == 0
+    assert main(args) == 0
+    folders = sorted(os.listdir(tmp_path))
+    assert folders[0] == "quickstart" and folders[1].startswith("quickstart.")
+    assert (tmp_path / folders[1] / "results.csv").exists()
