@@ -19,11 +19,20 @@ def run(tmp_path, *overrides):
     return main(args)
 
 
-def read_scalars(run_dir):
+def read_events(run_dir):
     events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    events.Reload()
+    return events.Reload()
+
+
+def plugin_tags(events, plugin):
+    return {tag for tag in events.Tags()["tensors"]
+            if events.SummaryMetadata(tag).plugin_data.plugin_name == plugin}
+
+
+def read_scalars(run_dir):
+    events = read_events(run_dir)
     return {tag: [(e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
-            for tag in events.Tags()["tensors"]}
+            for tag in plugin_tags(events, "scalars")}
 
 
 def test_that_a_digits_study_writes_one_tensorboard_run_per_arm_against_the_step(tmp_path, capsys):
@@ -33,10 +42,17 @@ def test_that_a_digits_study_writes_one_tensorboard_run_per_arm_against_the_step
         "bn=after", "bn=before", "bn=none", "tuner"]
     for arm in ("none", "before", "after"):
         scalars = read_scalars(experiment / f"bn={arm}")
-        assert set(scalars) == {"loss/train", "loss/test", "accuracy/train", "accuracy/test"}
-        for values in scalars.values():
-            assert [step for step, _ in values] == [50, 100, 150, 200]
-            assert all(0 <= v < 10 for _, v in values)
+        metrics = {"loss/train", "loss/test", "accuracy/train", "accuracy/test"}
+        summary = {"hparams/final_accuracy", "hparams/best_accuracy",
+                   "hparams/steps_to_threshold", "hparams/diverged"}
+        assert set(scalars) == metrics | summary
+        for tag in metrics:
+            assert [step for step, _ in scalars[tag]] == [50, 100, 150, 200]
+            assert all(0 <= v < 10 for _, v in scalars[tag])
+        assert scalars["hparams/final_accuracy"] == [scalars["accuracy/test"][-1]]
+        assert scalars["hparams/diverged"] == [(200, 0.0)]
+        assert plugin_tags(read_events(experiment / f"bn={arm}"), "hparams") == {
+            "_hparams_/session_start_info"}
     rows = list(csv.DictReader(open(experiment / "results.csv")))
     assert [row["bn"] for row in rows] == ["none", "before", "after"]
     accuracy = read_scalars(experiment / "bn=before")["accuracy/test"]

@@ -128,6 +128,18 @@ class LogConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    """Devices: one trial across replicas, or several trials side by side."""
+
+    strategy: Literal["auto", "mirrored", "none"] = _field(
+        "auto", "auto: MirroredStrategy over all GPUs when there are two or more")
+    devices: Optional[tuple[str, ...]] = _field(None, "devices of strategy mirrored; null: all")
+    bn_sync: bool = _field(True, "BN statistics over the global batch, not each replica's slice")
+    parallel_trials: int = _field(1, "trials run at once, one worker process per device",
+                                  _check_positive)
+
+
+@dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """The factors that vary across trials and the design that combines them."""
 
@@ -146,6 +158,7 @@ class Config:
     model: ModelConfig = _field(ModelConfig(), "the network")
     train: TrainConfig = _field(TrainConfig(), "the optimisation")
     log: LogConfig = _field(LogConfig(), "the output")
+    distribute: DistributeConfig = _field(DistributeConfig(), "the devices")
     study: StudyConfig = _field(StudyConfig(), "the factors")
 
 

@@ -4,22 +4,30 @@
 each exactly once. keras-tuner's own `GridSearchOracle` derives its next point
 from the trials seen so far and does not resume correctly after an
 interruption (keras-tuner issue #1055); this oracle's order is a pure function
-of the config, and keras-tuner persists which points were tried, so a rerun
-continues where it stopped (an interrupted trial is retried from scratch).
+of the config and keras-tuner persists which points were tried, so a rerun
+continues where it stopped, and an interrupted trial starts again from scratch.
+
+The same path serves one process, several worker processes on one machine
+(``distribute.parallel_trials``) and workers on several machines: keras-tuner's
+chief/worker mode, where the chief holds the oracle and serves it over gRPC.
 """
 
+import math
 import os
 import shutil
 import time
 
 import keras_tuner
+from keras_tuner.engine.trial import TrialStatus
 
+from tfbn import hparams
 from tfbn.callbacks import Progress
 from tfbn.config import dump_config, load_config, to_dict
 from tfbn.data import load_data
-from tfbn.errors import ConfigError
+from tfbn.devices import build_strategy, check_batch_split
+from tfbn.errors import ConfigError, DataError
 from tfbn.results import RESULT_COLUMNS, append_row, read_rows
-from tfbn.study import LABELS, apply_factors, design_points, run_name, study_factors
+from tfbn.study import LABELS, apply_factors, design_points, run_name
 from tfbn.training import train_trial
 
 OBJECTIVE = keras_tuner.Objective("final_accuracy", direction="max")
@@ -30,24 +38,27 @@ class DesignOracle(keras_tuner.Oracle):
 
     Args:
         points: List of dicts from factor name to a scalar level.
+        fixed: Hyperparameters recorded with every trial but not varied.
         **kwargs: Passed on to `keras_tuner.Oracle`.
     """
 
-    def __init__(self, points, **kwargs):
-        hyperparameters = keras_tuner.HyperParameters()
+    def __init__(self, points, fixed=None, **kwargs):
+        space = keras_tuner.HyperParameters()
         for name in points[0]:
-            hyperparameters.Choice(name, list(dict.fromkeys(p[name] for p in points)),
-                                   ordered=False)
-        super().__init__(objective=OBJECTIVE, max_trials=len(points),
-                         hyperparameters=hyperparameters, allow_new_entries=False,
-                         tune_new_entries=False, **kwargs)
-        self.points = points
+            space.Choice(name, list(dict.fromkeys(p[name] for p in points)), ordered=False)
+        for name, value in (fixed or {}).items():
+            space.Fixed(name, value)
+        super().__init__(objective=OBJECTIVE, max_trials=len(points), hyperparameters=space,
+                         allow_new_entries=False, tune_new_entries=False,
+                         # A study records failed trials and goes on, however many fail.
+                         max_consecutive_failed_trials=len(points) + 1, **kwargs)
+        self.points = [{**point, **(fixed or {})} for point in points]
 
     def populate_space(self, trial_id):
         for values in self.points:
             if self._compute_values_hash(values) not in self._tried_so_far:
-                return {"status": keras_tuner.engine.trial.TrialStatus.RUNNING, "values": values}
-        return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED}
+                return {"status": TrialStatus.RUNNING, "values": values}
+        return {"status": TrialStatus.STOPPED}
 
 
 class StudyTuner(keras_tuner.Tuner):
@@ -55,41 +66,67 @@ class StudyTuner(keras_tuner.Tuner):
 
     Args:
         config: The study's `tfbn.config.Config`.
+        points: The design points (`tfbn.study.design_points`).
         experiment_dir: ``<log.dir>/<experiment>``: run directories and results.
         quiet: Print no progress lines.
         **kwargs: Passed on to `keras_tuner.Tuner`.
     """
 
-    def __init__(self, config, experiment_dir, quiet=False, **kwargs):
+    def __init__(self, config, points, experiment_dir, quiet=False, **kwargs):
         super().__init__(directory=experiment_dir, project_name="tuner", **kwargs)
         self.config = config
+        self.points = points
         self.experiment_dir = experiment_dir
         self.quiet = quiet
         self.results_path = os.path.join(experiment_dir, "results.csv")
+        self._trial_seconds = []
 
     def run_trial(self, trial, *args, **kwargs):
-        point = {name: trial.hyperparameters.get(name) for name in self.oracle.points[0]}
+        point = {name: trial.hyperparameters.get(name) for name in self.points[0]}
         trial_config = apply_factors(self.config, point)
-        name = run_name(point)
-        callbacks = [] if self.quiet else [Progress(
-            trial_config.train.steps,
-            prefix=f"trial {int(trial.trial_id) + 1}/{len(self.oracle.points)}  "
-                   + "  ".join(f"{LABELS[k]}={v}" for k, v in point.items()))]
-        result = train_trial(trial_config, load_data(trial_config.data),
-                             os.path.join(self.experiment_dir, name), callbacks)
-        append_row(self.results_path, {"trial": trial.trial_id, "run": name, **point, **result},
-                   result_columns(point))
-        return {"final_accuracy": result["final_accuracy"],
-                "best_accuracy": result["best_accuracy"]}
+        run_dir = os.path.join(self.experiment_dir, run_name(point))
+        # A run folder of an unfinished trial holds a killed run's partial events.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        start = time.monotonic()
+        try:
+            result = train_trial(trial_config, load_data(trial_config.data), run_dir,
+                                 self._progress(trial, point, trial_config),
+                                 self.distribution_strategy)
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}".replace("\n", " ")
+            self._record(trial, point, {"status": "failed", "message": message})
+            raise keras_tuner.errors.FailedTrialError(message) from error
+        self._trial_seconds.append(time.monotonic() - start)
+        self._record(trial, point, result)
+        hparams.write_trial(run_dir, {**point, "bn_sync": self.config.distribute.bn_sync}, result)
+        score = result["final_accuracy"]
+        return {"final_accuracy": 0.0 if math.isnan(score) else score}
+
+    def _record(self, trial, point, result):
+        append_row(self.results_path, {"trial": trial.trial_id, "run": run_name(point),
+                                       **point, **result}, result_columns(point))
+
+    def _progress(self, trial, point, trial_config):
+        if self.quiet:
+            return []
+        done = len(read_rows(self.results_path))
+        mean = sum(self._trial_seconds) / len(self._trial_seconds) if self._trial_seconds else None
+        label = "  ".join(f"{LABELS[k]}={v}" for k, v in point.items())
+        return [Progress(trial_config.train.steps,
+                         prefix=f"trial {done + 1}/{len(self.points)}  {label}",
+                         trials_after=len(self.points) - done - 1, seconds_per_trial=mean)]
 
 
 def result_columns(point):
     """Columns of the results file: trial id, run name, factors, then results."""
-    return ("trial", "run", *point, *RESULT_COLUMNS)
+    return ("trial", "run", *point, *RESULT_COLUMNS, "message")
 
 
 def run_study(config, *, quiet=False, restart=False):
     """Runs (or resumes) every trial of a study and returns their result rows.
+
+    With ``distribute.parallel_trials`` above 1 the trials run in that many
+    worker processes; see `tfbn.workers`.
 
     Args:
         config: A validated `tfbn.config.Config`.
@@ -100,26 +137,58 @@ def run_study(config, *, quiet=False, restart=False):
         The results-file rows of the design's trials, in design order.
     """
     experiment_dir = os.path.join(config.log.dir, config.experiment)
-    _prepare_experiment_dir(experiment_dir, config, restart)
     points = design_points(config)
-    oracle = DesignOracle(points, max_consecutive_failed_trials=len(points) + 1)
+    strategy = build_strategy(config.distribute)
+    _check_trials(config, points, strategy)
+    fresh = _prepare_experiment_dir(experiment_dir, config, restart)
+    oracle = DesignOracle(points, fixed={"bn_sync": config.distribute.bn_sync})
     oracle.verbose = 0
-    tuner = StudyTuner(config, experiment_dir, quiet, oracle=oracle)
+    if fresh and _is_chief_or_alone():
+        hparams.write_experiment(experiment_dir, {**{k: [p[k] for p in points] for k in points[0]},
+                                                  "bn_sync": [config.distribute.bn_sync]})
+    tuner = StudyTuner(config, points, experiment_dir, quiet, oracle=oracle,
+                       distribution_strategy=strategy)
     tuner.search()
-    latest = {row["run"]: row for row in read_rows(tuner.results_path)}
+    return study_rows(experiment_dir, points)
+
+
+def _is_chief_or_alone():
+    # keras-tuner's convention: workers find the chief through these variables.
+    return ("KERASTUNER_ORACLE_IP" not in os.environ
+            or "chief" in os.environ.get("KERASTUNER_TUNER_ID", ""))
+
+
+def study_rows(experiment_dir, points):
+    """The latest results row of each design point that has one, in design order."""
+    latest = {row["run"]: row for row in read_rows(os.path.join(experiment_dir, "results.csv"))}
     return [latest[run_name(p)] for p in points if run_name(p) in latest]
 
 
+def _check_trials(config, points, strategy):
+    # Catches what would fail every trial before the first one starts.
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    for point in points:
+        trial_config = apply_factors(config, point)
+        batch = trial_config.train.batch_size
+        check_batch_split(batch, replicas)
+        examples = len(load_data(trial_config.data).y_train)
+        if batch > examples:
+            raise DataError(f"batch size {batch} exceeds the {examples} training examples of "
+                            f"trial {run_name(point)}; lower train.batch_size")
+
+
 def _prepare_experiment_dir(experiment_dir, config, restart):
+    """Saves the config beside the runs; returns whether the experiment is new."""
     saved_path = os.path.join(experiment_dir, "config.yaml")
     if restart and os.path.exists(experiment_dir):
         aside = f"{experiment_dir}.{time.strftime('%Y%m%d-%H%M%S')}"
         shutil.move(experiment_dir, aside)
         print(f"moved the earlier run aside to {aside}")
-    if os.path.exists(saved_path):
+    fresh = not os.path.exists(saved_path)
+    if not fresh:
         saved, current = _flatten(to_dict(load_config(saved_path))), _flatten(to_dict(config))
         changed = [key for key in current
-                   if not key.startswith("log.") and saved.get(key) != current[key]]
+                   if key.split(".")[0] not in ("log", "distribute") and saved.get(key) != current[key]]
         if changed:
             raise ConfigError(
                 f"{experiment_dir} holds a run of this experiment with a different config "
@@ -127,9 +196,11 @@ def _prepare_experiment_dir(experiment_dir, config, restart):
                 "name (--set experiment=NAME), or pass --restart to move the old run aside")
     os.makedirs(experiment_dir, exist_ok=True)
     # Written to a temporary file first so that a crash never leaves half a config.
-    with open(saved_path + ".tmp", "w") as f:
+    temporary = f"{saved_path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
         f.write(dump_config(config))
-    os.replace(saved_path + ".tmp", saved_path)
+    os.replace(temporary, saved_path)
+    return fresh
 
 
 def _flatten(tree, prefix=""):

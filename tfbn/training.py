@@ -5,6 +5,7 @@ Training runs ``train.steps`` steps as ``steps / eval_every`` Keras epochs of
 moving statistics, ``training=False``) exactly every ``eval_every`` steps.
 """
 
+import contextlib
 import math
 import time
 
@@ -49,7 +50,7 @@ def steps_per_execution(eval_every):
                if eval_every % d == 0)
 
 
-def train_trial(config, data, log_dir, callbacks=()):
+def train_trial(config, data, log_dir, callbacks=(), strategy=None):
     """Trains the model of one trial config and summarises its test accuracy.
 
     Args:
@@ -57,6 +58,7 @@ def train_trial(config, data, log_dir, callbacks=()):
         data: The `tfbn.data.Data` to train and evaluate on.
         log_dir: Run directory for its TensorBoard event file.
         callbacks: Further Keras callbacks, e.g. `tfbn.callbacks.Progress`.
+        strategy: A `tf.distribute.Strategy` to build and train under, or None.
 
     Returns:
         A dict of the trial's results; see `summarise`.
@@ -65,13 +67,14 @@ def train_trial(config, data, log_dir, callbacks=()):
     if train.batch_size > len(data.y_train):
         raise DataError(f"train.batch_size {train.batch_size} exceeds the {len(data.y_train)} "
                         "training examples; lower the batch size")
-    model = build_model(config, data)
-    model.compile(
-        optimizer=build_optimizer(train),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        steps_per_execution=steps_per_execution(train.eval_every),
-    )
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_model(config, data)
+        model.compile(
+            optimizer=build_optimizer(train),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            steps_per_execution=steps_per_execution(train.eval_every),
+        )
     train_ds, test_ds = make_datasets(data, train.batch_size, train.seed, train.eval_batch_size)
     metrics = StepMetrics(log_dir)
     start = time.monotonic()

@@ -18,13 +18,20 @@ class Progress(keras.callbacks.Callback):
     Args:
         total_steps: Steps the training runs for.
         prefix: Text that opens every line, e.g. ``trial 2/3  bn=before``.
+        trials_after: Trials of the sweep still to run after this one; when
+            given, the line ends with the sweep's ETA.
+        seconds_per_trial: Mean duration of the sweep's finished trials, if
+            any (otherwise this trial's projected duration stands in).
         stream: Where to print; standard output by default.
     """
 
-    def __init__(self, total_steps, prefix="", stream=None):
+    def __init__(self, total_steps, prefix="", trials_after=None, seconds_per_trial=None,
+                 stream=None):
         super().__init__()
         self.total_steps = total_steps
         self.prefix = prefix
+        self.trials_after = trials_after
+        self.seconds_per_trial = seconds_per_trial
         self.stream = stream
         self._start = None
         self._last_print = None
@@ -47,6 +54,9 @@ class Progress(keras.callbacks.Callback):
                 f"loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.3f}  "
                 f"test acc {logs.get('val_accuracy', float('nan')):.3f}  |  "
                 f"{'took' if done else 'ETA'} {format_duration(elapsed if done else eta)}")
+        if self.trials_after:
+            per_trial = self.seconds_per_trial or elapsed + eta
+            line += f"  |  ETA sweep {format_duration(eta + self.trials_after * per_trial)}"
         end = "\n" if done or not interactive else ""
         print(("\r\033[K" if interactive else "") + line, end=end, file=self._stream, flush=True)
 
