@@ -22,6 +22,11 @@ def parse_args(argv):
     parser.add_argument("--quiet", action="store_true", help="print no progress lines")
     parser.add_argument("--restart", action="store_true",
                         help="move an earlier run of this experiment aside and start afresh")
+    parser.add_argument("--role", choices=("chief", "worker"),
+                        help="distributed study: the chief serves the trials, workers run them")
+    parser.add_argument("--oracle", metavar="HOST:PORT",
+                        help="where the chief serves its oracle (with --role)")
+    parser.add_argument("--tuner-id", help="a worker's unique name (with --role worker)")
     return parser.parse_args(argv)
 
 
@@ -33,9 +38,14 @@ def main(argv=None):
         from tfbn.results import format_table
         from tfbn.study import study_factors
         from tfbn.sweep import run_study
+        from tfbn.workers import set_role
 
+        if args.role:
+            set_role(args.role, args.oracle, args.tuner_id)
         config = load_config(args.config, args.overrides)
         rows = run_study(config, quiet=args.quiet, restart=args.restart)
+        if args.role == "worker":
+            return 0
     except UserError as e:
         print(f"tfbn: error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ The same path serves one process, several worker processes on one machine
 chief/worker mode, where the chief holds the oracle and serves it over gRPC.
 """
 
+import contextlib
 import math
 import os
 import shutil
@@ -20,7 +21,7 @@ import time
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
-from tfbn import hparams
+from tfbn import hparams, workers
 from tfbn.callbacks import Progress
 from tfbn.config import dump_config, load_config, to_dict
 from tfbn.data import load_data
@@ -146,10 +147,30 @@ def run_study(config, *, quiet=False, restart=False):
     if fresh and _is_chief_or_alone():
         hparams.write_experiment(experiment_dir, {**{k: [p[k] for p in points] for k in points[0]},
                                                   "bn_sync": [config.distribute.bn_sync]})
-    tuner = StudyTuner(config, points, experiment_dir, quiet, oracle=oracle,
-                       distribution_strategy=strategy)
-    tuner.search()
+    parallel = config.distribute.parallel_trials > 1 and "KERASTUNER_ORACLE_IP" not in os.environ
+    with _chief_of_local_workers(config, experiment_dir) if parallel else contextlib.nullcontext():
+        tuner = StudyTuner(config, points, experiment_dir, quiet, oracle=oracle,
+                           distribution_strategy=strategy)
+        tuner.search()
     return study_rows(experiment_dir, points)
+
+
+@contextlib.contextmanager
+def _chief_of_local_workers(config, experiment_dir):
+    """Makes this process the chief of ``parallel_trials`` workers on loopback."""
+    saved_environment = dict(os.environ)
+    address = f"{workers.LOOPBACK}:{workers.free_port()}"
+    workers.set_role("chief", address)
+    processes = workers.start_workers(os.path.join(experiment_dir, "config.yaml"),
+                                      config.distribute.parallel_trials, address)
+    try:
+        yield
+    finally:
+        codes = [p.wait() for p in processes]
+        os.environ.clear()
+        os.environ.update(saved_environment)
+    if any(codes):
+        raise RuntimeError(f"worker processes exited with status {codes}")
 
 
 def _is_chief_or_alone():

@@ -1,0 +1,63 @@
+"""Chief and worker processes of a study, on one machine or several.
+
+keras-tuner's distributed mode runs one chief, which holds the oracle and serves
+it over gRPC, and workers that ask it for trials. It is configured by three
+environment variables (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``,
+``KERASTUNER_ORACLE_PORT``); `set_role` sets them from command-line flags, and
+`start_workers` starts one worker per device on this machine.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+from tfbn.errors import ConfigError
+
+LOOPBACK = "127.0.0.1"
+
+
+def set_role(role, oracle, tuner_id=None):
+    """Sets keras-tuner's environment variables for a chief or a worker.
+
+    Args:
+        role: ``"chief"`` or ``"worker"``.
+        oracle: ``HOST:PORT`` where the chief serves its oracle; the chief binds
+            to that address (use ``0.0.0.0:PORT`` to accept other machines).
+        tuner_id: A worker's unique name; defaults to host name and process id.
+    """
+    host, sep, port = (oracle or "").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--oracle {oracle!r}: write HOST:PORT, e.g. {LOOPBACK}:8000")
+    if role == "chief":
+        tuner_id = "chief"
+    os.environ["KERASTUNER_TUNER_ID"] = tuner_id or f"worker-{socket.gethostname()}-{os.getpid()}"
+    os.environ["KERASTUNER_ORACLE_IP"] = host
+    os.environ["KERASTUNER_ORACLE_PORT"] = port
+
+
+def free_port():
+    """A TCP port on loopback that is free right now."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def start_workers(config_path, count, oracle, devices=None):
+    """Starts ``count`` worker processes of the study in ``config_path``.
+
+    Worker ``i`` sees only GPU ``devices[i]`` (or ``i``) through
+    ``CUDA_VISIBLE_DEVICES``, so each trial has a device to itself.
+
+    Returns:
+        The `subprocess.Popen` objects.
+    """
+    workers = []
+    for i in range(count):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(devices[i] if devices else i)}
+        for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+            env.pop(name, None)
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "tfbn.run", "--config", config_path, "--role", "worker",
+             "--oracle", oracle, "--tuner-id", f"worker{i}", "--quiet"], env=env))
+    return workers
