@@ -43,6 +43,8 @@ def test_that_a_digits_study_writes_one_tensorboard_run_per_arm_against_the_step
     for arm in ("none", "before", "after"):
         scalars = read_scalars(experiment / f"bn={arm}")
         metrics = {"loss/train", "loss/test", "accuracy/train", "accuracy/test"}
+        if arm != "none":
+            metrics |= {"loss/test_batch_stats", "accuracy/test_batch_stats"}
         summary = {"hparams/final_accuracy", "hparams/best_accuracy",
                    "hparams/steps_to_threshold", "hparams/diverged"}
         assert set(scalars) == metrics | summary

@@ -6,7 +6,7 @@ import math
 import os
 
 RESULT_COLUMNS = ("status", "steps_run", "final_accuracy", "best_accuracy",
-                  "steps_to_threshold", "final_loss", "seconds")
+                  "steps_to_threshold", "final_loss", "final_accuracy_batch_stats", "seconds")
 
 
 def append_row(path, row, columns):

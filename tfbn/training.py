@@ -11,7 +11,7 @@ import time
 
 import keras
 
-from tfbn.callbacks import StepMetrics
+from tfbn.callbacks import BatchStatisticsEvaluation, StepMetrics
 from tfbn.data import make_datasets
 from tfbn.errors import DataError
 from tfbn.models import build_mlp
@@ -77,13 +77,14 @@ def train_trial(config, data, log_dir, callbacks=(), strategy=None):
         )
     train_ds, test_ds = make_datasets(data, train.batch_size, train.seed, train.eval_batch_size)
     metrics = StepMetrics(log_dir)
+    evaluations = [BatchStatisticsEvaluation(test_ds)] if config.model.bn != "none" else []
     start = time.monotonic()
     model.fit(
         train_ds,
         steps_per_epoch=train.eval_every,
         epochs=train.steps // train.eval_every,
         validation_data=test_ds,
-        callbacks=[keras.callbacks.TerminateOnNaN(), metrics, *callbacks],
+        callbacks=[keras.callbacks.TerminateOnNaN(), *evaluations, metrics, *callbacks],
         shuffle=False,  # the pipeline shuffles, seeded
         verbose=0,
     )
@@ -98,7 +99,8 @@ def summarise(history, steps, threshold, seconds):
         or infinite), ``steps_run``, ``final_accuracy`` and ``final_loss`` (test,
         last finite evaluation), ``best_accuracy``, ``steps_to_threshold``
         (first evaluated step whose test accuracy reached ``threshold``, or
-        None) and ``seconds``.
+        None), ``final_accuracy_batch_stats`` (test accuracy with BN normalizing
+        by each test batch's own statistics; None without BN) and ``seconds``.
     """
     finite = [(step, logs) for step, logs in history
               if math.isfinite(logs.get("loss", math.nan))]
@@ -112,5 +114,6 @@ def summarise(history, steps, threshold, seconds):
         "best_accuracy": max((acc for _, acc in accuracies), default=math.nan),
         "steps_to_threshold": reached[0] if reached else None,
         "final_loss": finite[-1][1]["val_loss"] if finite else math.nan,
+        "final_accuracy_batch_stats": finite[-1][1].get("val_accuracy_batch_stats") if finite else None,
         "seconds": round(seconds, 2),
     }

@@ -7,6 +7,10 @@ import tensorflow as tf
 class StepMetrics(keras.callbacks.Callback):
     """Logs ``loss/*`` and ``accuracy/*`` scalars at the optimizer's step count.
 
+    Keras log names map to tags by `tag`: ``accuracy`` -> ``accuracy/train``,
+    ``val_accuracy`` -> ``accuracy/test`` (BN's moving statistics) and
+    ``val_accuracy_batch_stats`` -> ``accuracy/test_batch_stats``.
+
     `tfbn.training` runs one Keras "epoch" per evaluation period, so Keras's own
     `keras.callbacks.TensorBoard` would plot against the period index; this
     callback uses the true training step instead and keeps the test history
@@ -33,10 +37,18 @@ class StepMetrics(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default(step=step):
             for name, value in logs.items():
-                split = "test" if name.startswith("val_") else "train"
-                tf.summary.scalar(f"{name.removeprefix('val_')}/{split}", value)
+                tf.summary.scalar(tag(name), value)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def tag(log_name):
+    """The TensorBoard tag of a Keras log name, grouped by metric."""
+    split = "test" if log_name.startswith("val_") else "train"
+    metric = log_name.removeprefix("val_")
+    if metric.endswith("_batch_stats"):
+        metric, split = metric.removesuffix("_batch_stats"), split + "_batch_stats"
+    return f"{metric}/{split}"

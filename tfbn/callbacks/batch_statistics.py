@@ -1,0 +1,47 @@
+"""Test metrics with BN normalizing by each test batch's own statistics."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class BatchStatisticsEvaluation(keras.callbacks.Callback):
+    """Adds ``val_loss_batch_stats`` and ``val_accuracy_batch_stats`` to the epoch logs.
+
+    Keras evaluates BN with its moving statistics, the correct inference mode.
+    Some studies (the 2017 course project among them) evaluated with the
+    statistics of the test batch itself, which makes a skewed test batch change
+    its own normalization; this callback measures that second mode so both can
+    be compared. BN's moving statistics are restored afterwards, so training
+    is unaffected. Place it before `tfbn.callbacks.StepMetrics`, which logs it.
+
+    Args:
+        test: A `tf.data.Dataset` of ``(x, y)`` test batches; each batch is
+            normalized by its own statistics.
+    """
+
+    def __init__(self, test):
+        super().__init__()
+        self.test = test
+        self._forward = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        moving = [v for layer in self.model.layers
+                  if isinstance(layer, keras.layers.BatchNormalization)
+                  for v in (layer.moving_mean, layer.moving_variance)]
+        saved = [v.numpy() for v in moving]
+        if self._forward is None:
+            self._forward = tf.function(lambda x: self.model(x, training=True))
+        losses, correct, count = [], 0, 0
+        for x, y in self.test:
+            logits = self._forward(x)
+            losses.append(keras.losses.sparse_categorical_crossentropy(
+                y, logits, from_logits=True).numpy())
+            correct += int(np.sum(np.argmax(logits.numpy(), axis=-1) == y.numpy()))
+            count += len(y)
+        for variable, value in zip(moving, saved):
+            variable.assign(value)
+        logs["val_loss_batch_stats"] = float(np.mean(np.concatenate(losses)))
+        logs["val_accuracy_batch_stats"] = correct / count
