@@ -89,7 +89,8 @@ class ModelConfig:
     width: int = _field(100, "units per hidden layer", _check_positive)
     activation: Literal["lrelu", "relu", "sigmoid", "softplus", "tanh", "linear"] = _field(
         "sigmoid", "the paper's saturating nonlinearity")
-    bn: Literal["none", "before", "after"] = _field("before", "the paper places BN before the activation")
+    bn: Literal["none", "before", "after", "renorm"] = _field(
+        "before", "the paper places BN before the activation; renorm: Batch Renormalization there")
     leaky_slope: float = _field(0.2, "negative slope of lrelu (course project: 0.2)")
     bn_momentum: float = _field(0.999, "momentum of BN's moving statistics (course project)", _check_fraction)
     bn_epsilon: float = _field(1e-3, "added to BN's variance (course project)", _check_positive)
