@@ -12,10 +12,10 @@ The same path serves one process, several worker processes on one machine
 chief/worker mode, where the chief holds the oracle and serves it over gRPC.
 """
 
-import contextlib
 import math
 import os
 import shutil
+import threading
 import time
 
 import keras_tuner
@@ -84,6 +84,10 @@ class StudyTuner(keras_tuner.Tuner):
 
     def run_trial(self, trial, *args, **kwargs):
         point = {name: trial.hyperparameters.get(name) for name in self.points[0]}
+        finished = study_rows(self.experiment_dir, [point])
+        if finished and finished[0]["status"] != "failed":
+            # Killed between recording its row and keras-tuner ending the trial.
+            return {"final_accuracy": _score(float(finished[0]["final_accuracy"]))}
         trial_config = apply_factors(self.config, point)
         run_dir = os.path.join(self.experiment_dir, run_name(point))
         # A run folder of an unfinished trial holds a killed run's partial events.
@@ -100,8 +104,7 @@ class StudyTuner(keras_tuner.Tuner):
         self._trial_seconds.append(time.monotonic() - start)
         self._record(trial, point, result)
         hparams.write_trial(run_dir, {**point, "bn_sync": self.config.distribute.bn_sync}, result)
-        score = result["final_accuracy"]
-        return {"final_accuracy": 0.0 if math.isnan(score) else score}
+        return {"final_accuracy": _score(result["final_accuracy"])}
 
     def _record(self, trial, point, result):
         append_row(self.results_path, {"trial": trial.trial_id, "run": run_name(point),
@@ -116,6 +119,12 @@ class StudyTuner(keras_tuner.Tuner):
         return [Progress(trial_config.train.steps,
                          prefix=f"trial {done + 1}/{len(self.points)}  {label}",
                          trials_after=len(self.points) - done - 1, seconds_per_trial=mean)]
+
+
+def _score(accuracy):
+    # keras-tuner takes a NaN objective for a crash; a trial that diverged before
+    # its first evaluation has no accuracy but is a finished trial.
+    return 0.0 if math.isnan(accuracy) else accuracy
 
 
 def result_columns(point):
@@ -147,30 +156,36 @@ def run_study(config, *, quiet=False, restart=False):
     if fresh and _is_chief_or_alone():
         hparams.write_experiment(experiment_dir, {**{k: [p[k] for p in points] for k in points[0]},
                                                   "bn_sync": [config.distribute.bn_sync]})
-    parallel = config.distribute.parallel_trials > 1 and "KERASTUNER_ORACLE_IP" not in os.environ
-    with _chief_of_local_workers(config, experiment_dir) if parallel else contextlib.nullcontext():
-        tuner = StudyTuner(config, points, experiment_dir, quiet, oracle=oracle,
-                           distribution_strategy=strategy)
-        tuner.search()
+    def make_tuner():
+        return StudyTuner(config, points, experiment_dir, quiet, oracle=oracle,
+                          distribution_strategy=strategy)
+
+    if config.distribute.parallel_trials > 1 and "KERASTUNER_ORACLE_IP" not in os.environ:
+        _search_with_local_workers(make_tuner, config, experiment_dir)
+    else:
+        make_tuner().search()
     return study_rows(experiment_dir, points)
 
 
-@contextlib.contextmanager
-def _chief_of_local_workers(config, experiment_dir):
-    """Makes this process the chief of ``parallel_trials`` workers on loopback."""
+def _search_with_local_workers(make_tuner, config, experiment_dir):
+    """Serves the oracle as the chief of ``parallel_trials`` workers on loopback."""
     saved_environment = dict(os.environ)
     address = f"{workers.LOOPBACK}:{workers.free_port()}"
     workers.set_role("chief", address)
-    processes = workers.start_workers(os.path.join(experiment_dir, "config.yaml"),
-                                      config.distribute.parallel_trials, address)
     try:
-        yield
-    finally:
+        chief = threading.Thread(target=make_tuner().search, daemon=True)
+        chief.start()
+        processes = workers.start_workers(os.path.join(experiment_dir, "config.yaml"),
+                                          config.distribute.parallel_trials, address)
         codes = [p.wait() for p in processes]
+        # keras-tuner's chief checks every 20 s whether all trials have ended.
+        chief.join(timeout=60)
+    finally:
         os.environ.clear()
         os.environ.update(saved_environment)
-    if any(codes):
-        raise RuntimeError(f"worker processes exited with status {codes}")
+    if any(codes) or chief.is_alive():
+        raise RuntimeError(f"the workers exited (status {codes}) before the study finished; "
+                           "run the same command again to resume")
 
 
 def _is_chief_or_alone():
