@@ -59,6 +59,9 @@ def test_that_every_shipped_config_is_valid():
     ({"study": {"factors": {"activaton": ["relu"]}}}, "did you mean study.factors.activation?"),
     ({"study": {"factors": {"bn": ["before", "sideways"]}}}, "study.factors.bn[1]: 'sideways' is not a valid choice"),
     ({"study": {"factors": {"seed": [0, 0]}}}, "give one or more distinct levels"),
+    ({"data": {"classes": [0, 1]}, "study": {"design": "one_at_a_time", "factors": {"test_ratio": ["1:9"]}}},
+     "study.factors.test_ratio: a one_at_a_time design varies each factor from the config's own value, "
+     "but data.test_ratio is not set"),
 ])
 def test_that_invalid_configs_name_the_key_and_the_fix(raw, message):
     with pytest.raises(ConfigError) as error:

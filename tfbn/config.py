@@ -357,6 +357,14 @@ def _check_consistency(config):
                     f"data.{key}: ratio {value!r} has {parts} parts but data.classes is "
                     f"{list(data.classes) if data.classes else 'not set'}; list one class per part, "
                     "e.g. classes: [0, 1] with ratio '1:9'")
+    if config.study.design == "one_at_a_time":
+        for name in config.study.factors or {}:
+            section, field = FACTORS[name]
+            if getattr(getattr(config, section), field) is None:
+                raise ConfigError(
+                    f"study.factors.{name}: a one_at_a_time design varies each factor from "
+                    f"the config's own value, but {section}.{field} is not set; set it to "
+                    "the default level, e.g. '1:1'")
     if train.steps % train.eval_every:
         raise ConfigError(f"train.steps ({train.steps}) must be a multiple of "
                           f"train.eval_every ({train.eval_every}) so that the last step is evaluated")
