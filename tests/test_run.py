@@ -13,7 +13,7 @@ SHORT = ["train.steps=200", "train.eval_every=50", "log.instruments=[]"]
 
 
 def run(tmp_path, *overrides):
-    args = ["--config", QUICKSTART, "--quiet", "--set", f"log.dir={tmp_path}"]
+    args = ["--config", QUICKSTART, "--quiet", "--no-report", "--set", f"log.dir={tmp_path}"]
     for override in (*SHORT, *overrides):
         args += ["--set", override]
     return main(args)
@@ -81,7 +81,7 @@ def test_that_a_rerun_resumes_without_training_again_and_a_changed_config_is_ref
 
 
 def test_that_restart_moves_the_earlier_run_aside(tmp_path):
-    args = ["--config", QUICKSTART, "--quiet", "--restart", "--set", f"log.dir={tmp_path}",
+    args = ["--config", QUICKSTART, "--quiet", "--no-report", "--restart", "--set", f"log.dir={tmp_path}",
             *sum((["--set", o] for o in (*SHORT, "study.factors.bn=[none]")), [])]
     assert main(args) == 0
     assert main(args) == 0

@@ -4,11 +4,13 @@
 
 Trains every trial of the config's study (resuming an earlier run of the same
 experiment), writes TensorBoard runs and ``results.csv`` under
-``<log.dir>/<experiment>/`` and prints a table comparing the trials. Errors in
+``<log.dir>/<experiment>/``, prints a table comparing the trials and writes the
+study's report (`tfbn.report`) unless ``--no-report``. Errors in
 the user's input exit with status 2 and a one-line message.
 """
 
 import argparse
+import os
 import sys
 
 from tfbn.errors import UserError
@@ -22,6 +24,8 @@ def parse_args(argv):
     parser.add_argument("--quiet", action="store_true", help="print no progress lines")
     parser.add_argument("--restart", action="store_true",
                         help="move an earlier run of this experiment aside and start afresh")
+    parser.add_argument("--no-report", dest="report", action="store_false",
+                        help="skip writing the report (python -m tfbn.report) at the end")
     parser.add_argument("--role", choices=("chief", "worker"),
                         help="distributed study: the chief serves the trials, workers run them")
     parser.add_argument("--oracle", metavar="HOST:PORT",
@@ -46,13 +50,16 @@ def main(argv=None):
         rows = run_study(config, quiet=args.quiet, restart=args.restart)
         if args.role == "worker":
             return 0
+        print(f"\n{config.experiment}: test accuracy with BN's moving statistics "
+              f"(threshold {config.train.threshold})")
+        print(format_table(rows, list(study_factors(config))))
+        if args.report:
+            from tfbn.report import write_report
+            print(f"\nreport: {write_report(os.path.join(config.log.dir, config.experiment))}")
     except UserError as e:
         print(f"tfbn: error: {e}", file=sys.stderr)
         return 2
-    print(f"\n{config.experiment}: test accuracy with BN's moving statistics "
-          f"(threshold {config.train.threshold})")
-    print(format_table(rows, list(study_factors(config))))
-    print(f"\nTensorBoard: tensorboard --logdir {config.log.dir}")
+    print(f"TensorBoard: tensorboard --logdir {config.log.dir}")
     return 0
 
 

@@ -1,0 +1,281 @@
+import pathlib
+
+import numpy as np
+import pytest
+import scipy.stats
+import tensorflow as tf
+from matplotlib.image import imread
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util.tensor_util import make_ndarray
+
+from tfbn.config import dump_config, parse_config
+from tfbn.report import main, write_report
+from tfbn.report.summaries import claim_verdicts, summarise_levels, summarise_mechanisms
+from tfbn.report.trials import load_study
+from tfbn.results import append_row
+from tfbn.run import main as run_main
+from tfbn.study import design_points, run_name
+from tfbn.sweep import result_columns
+
+QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# The synthetic study: sigmoid and relu, BN none and before, four seeds, 400 steps.
+STEPS = 400
+# BN's built-in effects per (activation, seed): a clear gain in final accuracy
+# (claim 1 supported), a zero-mean shift in steps to threshold (inconclusive).
+ACCURACY_GAIN = {"sigmoid": (0.10, 0.12, 0.09, 0.11), "relu": (0.03, 0.05, 0.04, 0.02)}
+STEP_SHIFT = {"sigmoid": (100, -100, 100, -100), "relu": (50, -50, 0, 0)}
+FAILED = "act=relu,bn=before,seed=3"
+DIVERGED = "act=sigmoid,bn=none,seed=2"
+
+
+def synthetic_config(tmp_path):
+    return parse_config({
+        "experiment": "synthetic", "log": {"dir": str(tmp_path)},
+        "train": {"steps": STEPS, "eval_every": 100, "threshold": 0.9},
+        "study": {"factors": {"activation": ["sigmoid", "relu"], "bn": ["none", "before"],
+                              "seed": [0, 1, 2, 3]}}})
+
+
+def synthetic_result(point):
+    act, bn, seed = point["activation"], point["bn"], point["seed"]
+    before = bn == "before"
+    accuracy = 0.7 + 0.02 * seed + (0.05 if act == "relu" else 0) + before * ACCURACY_GAIN[act][seed]
+    steps = 200 + before * STEP_SHIFT[act][seed]
+    if run_name(point) == FAILED:
+        return {"status": "failed", "message": "ValueError: boom"}
+    status, steps_run = ("diverged", 300) if run_name(point) == DIVERGED else ("ok", STEPS)
+    return {"status": status, "steps_run": steps_run, "final_accuracy": accuracy,
+            "best_accuracy": accuracy, "steps_to_threshold": steps, "final_loss": 0.5,
+            "final_accuracy_batch_stats": accuracy if before else None, "seconds": 1.0}
+
+
+def write_synthetic_events(run_dir, point, result):
+    """Instrument tags as the callbacks write them, with BN's effects built in."""
+    before, seed, last = point["bn"] == "before", point["seed"], result["steps_run"]
+    rng = np.random.default_rng(seed + 10 * before)
+    with tf.summary.create_file_writer(str(run_dir)).as_default():
+        for step in range(100, last + 1, 100):
+            tf.summary.scalar("accuracy/test", result["final_accuracy"] * step / STEPS, step=step)
+            tf.summary.scalar("loss/train", 1 - step / STEPS / 2, step=step)
+        for step in range(0, last + 1, 50):
+            # Without BN the first layer's gradient vanishes: 100x below the second's.
+            first = 0.1 * (1 + 0.1 * seed) if before else 0.001 * (1 + 0.1 * seed)
+            for layer, norm in (("dense_1", first), ("dense_2", 0.1), ("logits", 1.0)):
+                if step:
+                    tf.summary.scalar(f"grad_norm/{layer}", norm, step=step)
+                    tf.summary.scalar(f"grad_mean_abs/{layer}", norm / 100, step=step)
+            for layer in ("dense_1", "dense_2", "logits"):
+                # BN's weights grow more than the plain network's: claim 3 contradicted.
+                tf.summary.scalar(f"weight_norm/{layer}", 1 + weight_growth(point) * step / STEPS,
+                                  step=step)
+            for act in ("act_1", "act_2"):
+                # Without BN the median drifts by about 2; with BN by about 0.02.
+                median = (0.02 if before else 2 + 0.1 * seed) * step / STEPS + rng.normal(0, 0.001)
+                for q, offset in ((15, -1), (50, 0), (85, 1)):
+                    tf.summary.scalar(f"percentiles/{act}/unit_0/p{q}", median + offset, step=step)
+                    tf.summary.scalar(f"percentiles/{act}/all/p{q}", median + offset, step=step)
+        for step in (0, last):
+            for layer in ("network", "dense_1", "dense_2"):
+                # BN's singular values lie near 1, the plain network's near 0.1.
+                values = rng.uniform(0.8, 1.2, 500) if before else rng.uniform(0.05, 0.15, 500)
+                tf.summary.histogram(f"jacobian/{layer}/singular_values", values, step=step)
+                tf.summary.scalar(f"jacobian/{layer}/mean_square", np.mean(values ** 2), step=step)
+        if result["status"] == "diverged":
+            # The evaluation that found the loss NaN; what it measured is garbage or NaN.
+            tf.summary.scalar("loss/train", np.nan, step=last)
+            tf.summary.scalar("accuracy/test", 0.1, step=last)
+            tf.summary.scalar("grad_norm/dense_1", np.nan, step=last)
+            tf.summary.histogram("jacobian/network/singular_values", [np.nan] * 3, step=last)
+
+
+def weight_growth(point):
+    seed = point["seed"]
+    return 0.5 + 0.05 * seed if point["bn"] == "before" else 0.1 + 0.01 * seed
+
+
+def write_study(config, result_of, write_events=None):
+    """An experiment folder as tfbn.run leaves it: config, results rows, event files."""
+    experiment = pathlib.Path(config.log.dir) / config.experiment
+    experiment.mkdir()
+    (experiment / "config.yaml").write_text(dump_config(config))
+    for i, point in enumerate(design_points(config)):
+        result = result_of(point)
+        append_row(str(experiment / "results.csv"), {"trial": i, "run": run_name(point), **point,
+                                                     **result}, result_columns(point))
+        if write_events and result["status"] != "failed":
+            write_events(experiment / run_name(point), point, result)
+    return experiment
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """The synthetic study's folder, built once for the tests that read it."""
+    config = synthetic_config(tmp_path_factory.mktemp("synthetic"))
+    return write_study(config, synthetic_result, write_synthetic_events)
+
+
+def pair_differences(metric, activations=("sigmoid", "relu")):
+    """BN-before minus none of ``metric(point, result)`` over the synthetic study's pairs."""
+    differences = []
+    for act in activations:
+        for seed in range(4):
+            arm, control = ({"activation": act, "bn": bn, "seed": seed} for bn in ("before", "none"))
+            if FAILED not in (run_name(arm), run_name(control)):
+                differences.append(metric(arm, synthetic_result(arm))
+                                   - metric(control, synthetic_result(control)))
+    return np.array(differences)
+
+
+def test_that_the_report_gives_the_verdicts_built_into_a_synthetic_study(synthetic):
+    study = load_study(str(synthetic))
+    measures = summarise_mechanisms(study)
+    assert [(m.claim, m.effect.verdict) for m in measures] == [
+        (1, "supported"),     # final accuracy
+        (1, "inconclusive"),  # steps to threshold, zero mean
+        (2, "supported"),     # drift of the median
+        (2, "inconclusive"),  # spread unchanged in both arms
+        (3, "contradicted"),  # weight growth, larger with BN
+        (4, "supported"),     # first layer's gradient
+        (4, "supported"),     # first / last layer gradient ratio
+        (5, "supported"),     # network Jacobian
+        (5, "supported"),     # hidden blocks' Jacobians
+        (6, "supported"),     # sigmoid's final accuracy
+    ]
+    assert claim_verdicts(measures) == {1: "supported", 2: "supported", 3: "contradicted",
+                                        4: "supported", 5: "supported", 6: "supported"}
+
+    accuracy = measures[0].effect
+    differences = pair_differences(lambda point, r: r["final_accuracy"])
+    assert accuracy.n == len(differences) == 7  # the failed trial's pair is left out
+    low, high = scipy.stats.t.interval(0.95, len(differences) - 1, loc=differences.mean(),
+                                       scale=scipy.stats.sem(differences))
+    assert (accuracy.mean, accuracy.low, accuracy.high) == pytest.approx(
+        (differences.mean(), low, high), rel=1e-9)
+
+    diverged = next(t for t in study.trials if t.run == DIVERGED)
+    assert list(diverged.scalar("accuracy/test")[0]) == [100, 200]  # not the NaN evaluation at 300
+    steps = measures[1].effect
+    differences = pair_differences(lambda point, r: r["steps_to_threshold"])
+    low, high = scipy.stats.t.interval(0.95, 6, loc=0, scale=scipy.stats.sem(differences))
+    assert differences.mean() == 0
+    assert (steps.mean, steps.low, steps.high) == pytest.approx((0, low, high), abs=1e-9)
+
+    # Kernel norm growth, last / first: the diverged trial's last finite step is 250, not 400.
+    growth = pair_differences(lambda point, r: weight_growth(point) * (
+        250 if r["status"] == "diverged" else STEPS) / STEPS)
+    assert measures[4].effect.mean == pytest.approx(growth.mean())
+    assert measures[9].effect.n == 4 and measures[9].note == "activation sigmoid"
+
+
+def test_that_summary_one_pairs_trials_per_factor_level(synthetic):
+    study = load_study(str(synthetic))
+    rows = {(r.factor, r.level): r for r in summarise_levels(study)}
+    assert list(rows) == [("activation", "sigmoid"), ("activation", "relu"), ("all", "all")]
+    relu = rows[("activation", "relu")]
+    differences = pair_differences(lambda point, r: r["final_accuracy"], ["relu"])
+    low, high = scipy.stats.t.interval(0.95, 2, loc=differences.mean(),
+                                       scale=scipy.stats.sem(differences))
+    assert relu.arm == "before" and relu.accuracy.n == 3
+    assert (relu.accuracy.low, relu.accuracy.high) == pytest.approx((low, high), rel=1e-9)
+    assert rows[("activation", "sigmoid")].steps.verdict == "inconclusive"
+
+
+def test_that_the_report_lists_failed_and_diverged_trials_and_skips_what_it_lacks(synthetic, capsys):
+    experiment = synthetic
+    assert main([str(experiment)]) == 0
+    out = capsys.readouterr().out
+    assert "claim 3 (BN regularizes the growth of the weights): contradicted" in out
+    report = (experiment / "report" / "report.md").read_text()
+    assert f"`{FAILED}`: ValueError: boom" in report
+    assert f"`{DIVERGED}`: stopped at step 300" in report
+    assert "Skipped: the study has no test_ratio factor." in report
+    assert "| 3. BN regularizes the growth of the weights | *contradicted* |" in report
+    page = (experiment / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5  # all figures but the class ratio's
+    assert "<em>contradicted</em>" in page
+
+
+def test_that_a_one_at_a_time_level_is_compared_at_the_point_that_varies_it(tmp_path):
+    config = parse_config({
+        "experiment": "oat", "log": {"dir": str(tmp_path)},
+        "study": {"design": "one_at_a_time", "factors": {
+            "activation": ["sigmoid", "relu"], "batch_size": [32, 64], "bn": ["none", "before"]}}})
+    study = load_study(str(write_study(config, lambda point: {
+        "status": "ok", "final_accuracy": 0.5 + 0.1 * (point["bn"] == "before")})))
+    assert [t.run for t, _ in study.pairs("before", activation="sigmoid")] == [
+        "act=sigmoid,bs=64,bn=before,seed=0"]
+    assert [t.run for t, _ in study.pairs("before")] == [
+        "act=sigmoid,bs=64,bn=before,seed=0", "act=relu,bs=64,bn=before,seed=0",
+        "act=sigmoid,bs=32,bn=before,seed=0"]
+    rows = {(r.factor, r.level): r.accuracy for r in summarise_levels(study)}
+    assert rows[("batch_size", "32")].n == rows[("activation", "relu")].n == 1
+    assert rows[("all", "all")].n == 3 and rows[("all", "all")].mean == pytest.approx(0.1)
+    assert rows[("all", "all")].verdict == "supported"  # no spread: the interval is the mean
+
+
+def test_that_a_study_without_a_none_arm_gets_no_verdicts(tmp_path):
+    config = parse_config({"experiment": "arms", "log": {"dir": str(tmp_path)},
+                           "study": {"factors": {"bn": ["before", "after"], "seed": [0, 1]}}})
+    experiment = write_study(config, lambda point: {"status": "ok", "final_accuracy": 0.9})
+    write_report(str(experiment))
+    report = pathlib.Path(write_report(str(experiment))).read_text()
+    # A second report replaces the first's TensorBoard run instead of adding to it.
+    assert len(list((experiment / "report").glob("events.out.tfevents.*"))) == 1
+    assert "No verdicts: the study has no BN arm paired with `none`" in report
+    assert report.count("No BN arm to compare with `none`.") == 2
+    assert "Skipped: no trial logged accuracy/test." in report
+
+
+def test_that_the_command_line_names_a_folder_without_a_study(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "holds no finished study" in capsys.readouterr().err
+
+
+def test_that_a_digits_study_gets_every_figure_and_both_tables(tmp_path):
+    overrides = ["train.steps=200", "train.eval_every=50", "data.classes=[0,1]",
+                 "study.factors={test_ratio: ['1:1', '1:9'], bn: [none, before], seed: [0, 1]}",
+                 "log.weights_every=100", "log.jacobian_every=200", "log.percentiles_every=100",
+                 "log.probe_size=200", f"log.dir={tmp_path}"]
+    args = ["--config", QUICKSTART, "--quiet"]
+    for override in overrides:
+        args += ["--set", override]
+    assert run_main(args) == 0
+    experiment = tmp_path / "quickstart"
+    path = write_report(str(experiment))
+    assert path == str(experiment / "report" / "report.md")
+
+    report = pathlib.Path(path).read_text()
+    assert "| factor | level | bn | pairs | Δ final accuracy |" in report
+    assert "| claim | measure | claimed | pairs | Δ mean [95% CI] |" in report
+    for level, pairs in (("1:1", 2), ("1:9", 2)):
+        assert f"| test_ratio | {level} | before | {pairs} |" in report
+    assert "| all | all | before | 4 |" in report
+    figures = {"accuracy_test_ratio", "class_ratio"}
+    instrument_figures = {"grad_norm", "jacobian_spectra", "weight_norm", "percentiles"}
+    # Until tfbn.training attaches the instrument callbacks, their figures are skipped.
+    if load_study(str(experiment)).trials[0].tags("grad_norm/"):
+        figures |= instrument_figures
+        assert "Skipped" not in report
+    else:
+        skipped = [line for line in report.splitlines() if line.startswith("Skipped: ")]
+        assert len(skipped) == 4 and all("instrument was off" in line for line in skipped)
+    for name in figures:
+        png = experiment / "report" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 10_000
+        pixels = imread(png)
+        assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 10
+        assert f"]({name}.png)" in report
+    page = (experiment / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(figures)
+
+    events = EventAccumulator(str(experiment / "report"), size_guidance={"tensors": 0})
+    events.Reload()
+    images = {tag: events.Tensors(tag) for tag in events.Tags()["tensors"]
+              if events.SummaryMetadata(tag).plugin_data.plugin_name == "images"}
+    assert set(images) == figures
+    for name, (event,) in images.items():
+        width, height, encoded = make_ndarray(event.tensor_proto)
+        assert encoded[:8] == PNG_SIGNATURE
+        assert imread(experiment / "report" / f"{name}.png").shape[:2] == (int(height), int(width))

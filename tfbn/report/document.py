@@ -1,0 +1,168 @@
+"""The text of the report: what was run, the verdicts, both summaries, trials and figures."""
+
+import math
+import os
+from collections import Counter
+
+from tfbn.report.render import Heading, Image, Items, Table, Text
+from tfbn.report.stats import CONFIDENCE, RULE
+from tfbn.report.summaries import CLAIMS, OVERALL, claim_verdicts, factor_spread, primary_arm
+from tfbn.report.trials import CONTROL
+
+
+def build_document(study, levels, measures, plots):
+    """The report's blocks (`tfbn.report.render`) from the study and its summaries."""
+    return [
+        Heading(1, f"Why does BN work? Report on `{study.config.experiment}`"),
+        *_overview(study),
+        *_verdicts(study, measures),
+        *_summary_one(study, levels),
+        *_summary_two(study, measures),
+        *_trials(study),
+        *_figures(plots),
+        Heading(2, "Method"),
+        Items(_method(study)),
+    ]
+
+
+def _overview(study):
+    c = study.config
+    data = c.data.name or c.data.source
+    if c.data.classes:
+        data += f", classes {list(c.data.classes)}"
+    factors = "; ".join(f"{name}: {', '.join(levels)}" for name, levels in study.factors.items())
+    missing = f" {len(study.missing)} design points have no result yet." if study.missing else ""
+    return [Text(f"Config defaults: data {data}; MLP {c.model.depth}x{c.model.width} {c.model.activation}; "
+                 f"{c.train.optimizer} at learning rate {c.train.learning_rate}, batch "
+                 f"{c.train.batch_size}, {c.train.steps} steps, accuracy threshold "
+                 f"{c.train.threshold}. Design {c.study.design}; factors {factors}. "
+                 f"{len(study.trials)} trials.{missing}"),
+            Text(f"Regenerate with `python -m tfbn.report {study.experiment_dir}`; the figures "
+                 "are also in TensorBoard, run `report`.")]
+
+
+def _verdicts(study, measures):
+    if not measures:
+        return [Heading(2, "Verdicts"),
+                Text("No verdicts: the study has no BN arm paired with `none` (same seed and levels).")]
+    verdicts = claim_verdicts(measures)
+    return [Heading(2, "Verdicts"),
+            Text(f"BN `{primary_arm(study)}` against `none`, from Summary II; the rule is under Method."),
+            Table(("claim", "verdict"),
+                  tuple((f"{n}. {CLAIMS[n]}", f"*{v}*") for n, v in verdicts.items()))]
+
+
+def _summary_one(study, rows):
+    blocks = [Heading(2, "Summary I: which factor changes BN's effect most"),
+              Text(f"Effect of each BN arm against `none` (arm minus none), mean and "
+                   f"{CONFIDENCE:.0%} confidence interval over pairs of trials that differ only in "
+                   f"`bn`. Steps to threshold: a trial that never reached {study.config.train.threshold} "
+                   f"counts as {study.config.train.steps} steps (its total), so the effect on it is "
+                   "bounded, not measured, when many never reach it; the last column counts them.")]
+    if not rows:
+        return blocks + [Text("No BN arm to compare with `none`.")]
+    blocks.append(Table(
+        ("factor", "level", "bn", "pairs", "Δ final accuracy", "verdict",
+         "Δ steps to threshold", "verdict", "never reached (bn / none)"),
+        tuple((r.factor, r.level, r.arm, r.accuracy.n, _interval(r.accuracy, ".4f"),
+               r.accuracy.verdict, _interval(r.steps, ".0f"), r.steps.verdict,
+               f"{r.never[0]} / {r.never[1]}") for r in rows)))
+    spread = factor_spread(rows)
+    if spread:
+        top = next((s for s in spread if s[1] == primary_arm(study)), spread[0])
+        blocks += [Text(f"Range of the mean effect across a factor's levels (a description, not a "
+                        f"test of interaction): BN `{top[1]}`'s effect on final accuracy changes "
+                        f"most with **{top[0]}** ({top[3]}: {_signed(_mean(rows, top, top[3]), '.4f')}, "
+                        f"{top[4]}: {_signed(_mean(rows, top, top[4]), '.4f')})."),
+                   Table(("factor", "bn", "range of Δ final accuracy", "smallest at", "largest at",
+                          "range of Δ steps"),
+                         tuple((f, arm, f"{acc:.4f}", low, high, _number(steps, ".0f"))
+                               for f, arm, acc, low, high, steps in spread))]
+    return blocks
+
+
+def _mean(rows, spread, level):
+    return next(r.accuracy.mean for r in rows if (r.factor, r.arm, r.level) == (*spread[:2], level))
+
+
+def _summary_two(study, measures):
+    blocks = [Heading(2, f"Summary II: the mechanisms, BN `{primary_arm(study)}` against `none`"),
+              Text("One row per measure, over all pairs (all factor levels pooled unless the "
+                   "note says otherwise). Δ is BN minus none; 'claimed' is the sign the claim "
+                   "predicts for Δ.")]
+    if not measures:
+        return blocks + [Text("No BN arm to compare with `none`.")]
+    return blocks + [Table(
+        ("claim", "measure", "claimed", "pairs", "Δ mean [95% CI]", "p", "verdict", "note"),
+        tuple((m.claim, m.name, "higher" if m.better > 0 else "lower", m.effect.n,
+               _interval(m.effect, ".3g"), _number(m.effect.p, ".2g"), m.effect.verdict, m.note)
+              for m in measures))]
+
+
+def _trials(study):
+    statuses = Counter(t.status for t in study.trials)
+    blocks = [Heading(2, "Trials"),
+              Text(", ".join(f"{count} {status}" for status, count in statuses.items()) + ".")]
+    failed = [t for t in study.trials if t.status == "failed"]
+    diverged = [t for t in study.trials if t.status == "diverged"]
+    if failed:
+        blocks += [Text("Failed (no metrics; left out, and so is the trial they pair with):"),
+                   Items(tuple(f"`{t.run}`: {t.row.get('message') or 'no message'}" for t in failed))]
+    if diverged:
+        blocks += [Text("Diverged (the loss became NaN or infinite):"),
+                   Items(tuple(f"`{t.run}`: stopped at step {t.row.get('steps_run')}, last finite "
+                               f"test accuracy {_number(t.number('final_accuracy'), '.4f')}"
+                               for t in diverged))]
+    if study.missing:
+        blocks += [Text("Not run yet:"), Items(tuple(f"`{name}`" for name in study.missing))]
+    return blocks
+
+
+def _figures(plots):
+    blocks = [Heading(2, "Figures")]
+    for plot in plots:
+        blocks.append(Heading(3, plot.title))
+        if plot.path:
+            blocks += [Image(plot.path, plot.title), Text(plot.caption)]
+        else:
+            blocks.append(Text(f"Skipped: {plot.skipped}."))
+    return blocks
+
+
+def _method(study):
+    return (
+        RULE,
+        "Pairs: two trials that differ only in `bn` (same seed, so the same initial kernels and "
+        "the same batches in the same order, and the same levels of every other factor). "
+        f"`{CONTROL}` is the control of every pair.",
+        "Factor levels: in a one-at-a-time design a level is compared at the point that varies "
+        "it, the other factors at their defaults; in a full factorial the other factors' levels "
+        "are pooled. The `all` rows pool every pair.",
+        "Failed trials are left out with their partners. Diverged trials count with their last "
+        "finite evaluation (final accuracy, and steps to threshold if reached before the "
+        f"divergence, else {study.config.train.steps}); the instrument measures use their "
+        "finite values.",
+        "Claim 2: median and 15-85 percentile spread of the followed unit of the deepest "
+        "nonlinearity's input over the probe set, first against last recorded step. Claim 3: "
+        "kernel L2 norm at the last recorded step over the first, mean over Dense layers. "
+        "Claim 4: gradient L2 norms of the Dense kernels. Claim 5: the mean squared singular "
+        "value of the Jacobian over the probe set, |ln| of it (0 is isometry in the mean).",
+        f"Report written from `{os.path.join(study.experiment_dir, 'results.csv')}` and the "
+        "trials' TensorBoard event files.",
+    )
+
+
+def _interval(effect, spec):
+    if effect.n == 0:
+        return "no pairs"
+    if math.isnan(effect.low):
+        return f"{_signed(effect.mean, spec)} (n={effect.n}, no interval)"
+    return f"{_signed(effect.mean, spec)} [{_signed(effect.low, spec)}, {_signed(effect.high, spec)}]"
+
+
+def _signed(value, spec):
+    return "nan" if math.isnan(value) else format(value, "+" + spec)
+
+
+def _number(value, spec):
+    return "–" if value is None or math.isnan(value) else format(value, spec)

@@ -1,0 +1,265 @@
+"""The report's two tables: BN's effect per factor level, and the mechanisms behind it.
+
+* `summarise_levels` (Summary I): for each level of each compared factor, and
+  over all trials, the effect of each BN arm against ``none`` on final test
+  accuracy and on steps to the accuracy threshold.
+* `summarise_mechanisms` (Summary II): one row per measure of the six claims of
+  the study, BN before the activation against ``none``, over all pairs.
+"""
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+
+from tfbn.report.stats import combine, paired_effect
+
+OVERALL = "all"
+SATURATING = ("sigmoid", "tanh")
+
+CLAIMS = {
+    1: "BN speeds up training and raises accuracy",
+    2: "BN keeps the input distribution of each nonlinearity stable",
+    3: "BN regularizes the growth of the weights",
+    4: "BN tackles vanishing gradients",
+    5: "BN improves gradient flow (isometry of backprop)",
+    6: "BN lets saturating nonlinearities train and tolerates higher learning rates",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelRow:
+    """BN's effect at one factor level (Summary I).
+
+    Attributes:
+        factor, level: The level compared, or `OVERALL` twice for all trials.
+        arm: The BN arm compared with ``none``.
+        accuracy: `Effect` on final test accuracy (claimed: higher).
+        steps: `Effect` on steps to threshold (claimed: fewer), never reached
+            counting as ``train.steps``.
+        never: ``(arm trials, none trials)`` of the pairs that never reached
+            the threshold.
+    """
+
+    factor: str
+    level: str
+    arm: str
+    accuracy: object
+    steps: object
+    never: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """One measure of one claim (Summary II).
+
+    Attributes:
+        claim: The claim's number in `CLAIMS`.
+        name: What is measured per trial, in words.
+        better: ``+1`` if the claim says BN raises it, ``-1`` if BN lowers it.
+        effect: BN arm minus ``none``, an `Effect`.
+        note: Why there are no pairs, or what the pairs were restricted to.
+    """
+
+    claim: int
+    name: str
+    better: int
+    effect: object
+    note: str = ""
+
+
+def primary_arm(study):
+    """The arm the mechanisms are measured on: ``before`` (the paper's), else the first."""
+    return "before" if "before" in study.arms else (study.arms or [None])[0]
+
+
+def final_accuracy(trial):
+    """Test accuracy at the last finite evaluation (a diverged trial's last good one)."""
+    return trial.number("final_accuracy")
+
+
+def steps_to_threshold(study):
+    """Per-trial steps to threshold; a trial that never reached it counts ``train.steps``."""
+    def steps(trial):
+        reached = trial.number("steps_to_threshold")
+        return float(study.config.train.steps) if math.isnan(reached) else reached
+    return steps
+
+
+def summarise_levels(study):
+    """Summary I: BN's effect per factor level and overall, one row per BN arm.
+
+    Returns:
+        A list of `LevelRow`: the compared factors' levels in config order,
+        then the `OVERALL` rows; empty when no trial pairs with a ``none`` one.
+    """
+    if not any(study.pairs(arm) for arm in study.arms):
+        return []
+    groups = [(f, level) for f in study.compared for level in study.factors[f]]
+    rows = []
+    for factor, level in [*groups, (OVERALL, OVERALL)]:
+        levels = {} if factor == OVERALL else {factor: level}
+        for arm in study.arms:
+            pairs = study.pairs(arm, **levels)
+            never = tuple(sum(math.isnan(t.number("steps_to_threshold")) for t in side)
+                          for side in zip(*pairs)) if pairs else (0, 0)
+            rows.append(LevelRow(factor, level, arm, _effect(pairs, final_accuracy, +1),
+                                 _effect(pairs, steps_to_threshold(study), -1), never))
+    return rows
+
+
+def factor_spread(rows):
+    """How much each factor changes BN's effect: the range of level means.
+
+    Returns:
+        A list of ``(factor, arm, accuracy range, lowest level, highest level,
+        steps range)``, largest accuracy range first; factors with one level
+        are left out.
+    """
+    spreads = []
+    for key in dict.fromkeys((r.factor, r.arm) for r in rows if r.factor != OVERALL):
+        group = [r for r in rows if (r.factor, r.arm) == key and not math.isnan(r.accuracy.mean)]
+        if len(group) < 2:
+            continue
+        by_accuracy = sorted(group, key=lambda r: r.accuracy.mean)
+        steps = [r.steps.mean for r in group if not math.isnan(r.steps.mean)]
+        spreads.append((*key, by_accuracy[-1].accuracy.mean - by_accuracy[0].accuracy.mean,
+                        by_accuracy[0].level, by_accuracy[-1].level,
+                        max(steps) - min(steps) if steps else math.nan))
+    return sorted(spreads, key=lambda s: -s[2])
+
+
+def summarise_mechanisms(study):
+    """Summary II: every measure of the six claims, `primary_arm` against ``none``.
+
+    Returns:
+        A list of `Measure`, in claim order; empty when no `primary_arm`
+        trial pairs with a ``none`` one.
+    """
+    arm = primary_arm(study)
+    pairs = study.pairs(arm) if arm else []
+    if not pairs:
+        return []
+    unit = "the last hidden layer's unit input"
+    specs = [  # claim, what is measured, the claimed sign of BN's effect, per-trial value, instrument
+        (1, "final test accuracy", +1, final_accuracy, None),
+        (1, "steps to threshold (never reached: train.steps)", -1, steps_to_threshold(study), None),
+        (2, f"|drift of the median| of {unit}, first to last step", -1, _median_drift, "percentiles"),
+        (2, f"|change of the 15-85 percentile spread| of {unit}", -1, _spread_change, "percentiles"),
+        (3, "weight norm growth, last / first, mean over layers", -1, _weight_growth, "weights"),
+        (4, "mean over training of log10 gradient norm, first hidden layer", +1, _first_gradient,
+         "gradients"),
+        (4, "|mean log10 gradient norm ratio, first / last hidden layer|", -1, _gradient_ratio,
+         "gradients"),
+        (5, "|ln mean squared singular value|, network Jacobian, last step", -1,
+         _isometry("network"), "jacobian"),
+        (5, "|ln mean squared singular value|, hidden blocks' Jacobians (mean)", -1,
+         _isometry("dense_"), "jacobian"),
+    ]
+    measures = []
+    for claim, name, better, value, instrument in specs:
+        effect = _effect(pairs, value, better)
+        note = (f"no data: the {instrument} instrument was off or recorded too little"
+                if instrument and not effect.n else "")
+        measures.append(Measure(claim, name, better, effect, note))
+    return measures + _saturating_measures(study, arm)
+
+
+def claim_verdicts(measures):
+    """Claim number -> its verdict from its measures (`tfbn.report.stats.combine`)."""
+    return {claim: combine(m.effect.verdict for m in measures if m.claim == claim)
+            for claim in dict.fromkeys(m.claim for m in measures)}
+
+
+def _saturating_measures(study, arm):
+    if "activation" in study.compared:
+        levels = [a for a in study.factors["activation"] if a in SATURATING]
+        pairs = [p for a in levels for p in study.pairs(arm, activation=a)]
+        note = f"activation {', '.join(levels)}" if levels else "no saturating activation in this study"
+    elif study.config.model.activation in SATURATING:
+        pairs, note = study.pairs(arm), f"all trials use {study.config.model.activation}"
+    else:
+        pairs, note = [], "no saturating activation in this study"
+    measures = [Measure(6, "final test accuracy, saturating nonlinearities", +1,
+                        _effect(pairs, final_accuracy, +1), note)]
+    rates = study.factors.get("learning_rate", ())
+    if len(rates) > 1:
+        top = max(rates, key=float)
+        measures.append(Measure(6, "final test accuracy, highest learning rate", +1,
+                                _effect(study.pairs(arm, learning_rate=top), final_accuracy, +1),
+                                f"learning_rate {top}"))
+    return measures
+
+
+def _effect(pairs, measure, better):
+    return paired_effect([measure(a) for a, _ in pairs], [measure(b) for _, b in pairs], better)
+
+
+def _aligned(trial, tags):
+    """Values of several scalar tags at their common steps, finite everywhere: [steps, tags]."""
+    series = [dict(zip(*trial.scalar(tag))) for tag in tags]
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    return np.array([[s[step] for s in series] for step in steps]).reshape(len(steps), len(tags))
+
+
+def last_hidden_unit(trial):
+    """``percentiles/act_<last>/unit_<u>``, the deepest nonlinearity's followed unit."""
+    found = [re.fullmatch(r"(percentiles/act_(\d+)/unit_\d+)/p50", t)
+             for t in sorted(trial.tags("percentiles/"))]
+    found = [m for m in found if m]
+    return max(found, key=lambda m: int(m.group(2))).group(1) if found else None
+
+
+def _percentiles(trial, *qs):
+    prefix = last_hidden_unit(trial)
+    return _aligned(trial, [f"{prefix}/p{q}" for q in qs]) if prefix else np.empty((0, len(qs)))
+
+
+def _median_drift(trial):
+    median = _percentiles(trial, 50)[:, 0]
+    return abs(median[-1] - median[0]) if len(median) > 1 else math.nan
+
+
+def _spread_change(trial):
+    values = _percentiles(trial, 15, 85)
+    spread = values[:, 1] - values[:, 0]
+    return abs(spread[-1] - spread[0]) if len(spread) > 1 else math.nan
+
+
+def _weight_growth(trial):
+    ratios = [values[-1] / values[0] for values in
+              (trial.scalar(tag)[1] for tag in sorted(trial.tags("weight_norm/")))
+              if len(values) > 1 and values[0] > 0]
+    return float(np.mean(ratios)) if ratios else math.nan
+
+
+def _hidden_gradient_tags(trial):
+    """``grad_norm/dense_<i>`` tags, first hidden layer first."""
+    tags = [t for t in trial.tags("grad_norm/") if re.fullmatch(r"grad_norm/dense_\d+", t)]
+    return sorted(tags, key=lambda t: int(t.rsplit("_", 1)[1]))
+
+
+def _first_gradient(trial):
+    tags = _hidden_gradient_tags(trial)
+    values = trial.scalar(tags[0])[1] if tags else np.empty(0)
+    values = values[values > 0]
+    return float(np.mean(np.log10(values))) if len(values) else math.nan
+
+
+def _gradient_ratio(trial):
+    tags = _hidden_gradient_tags(trial)
+    if len(tags) < 2:
+        return math.nan
+    values = _aligned(trial, [tags[0], tags[-1]])
+    values = values[(values > 0).all(axis=1)]
+    return abs(float(np.mean(np.log10(values[:, 0] / values[:, 1])))) if len(values) else math.nan
+
+
+def _isometry(layer_prefix):
+    def distance(trial):
+        tags = [t for t in trial.tags(f"jacobian/{layer_prefix}") if t.endswith("/mean_square")]
+        last = [values[-1] for values in (trial.scalar(t)[1] for t in tags)
+                if len(values) and values[-1] > 0]
+        return float(np.mean(np.abs(np.log(last)))) if last else math.nan
+    return distance
