@@ -55,5 +55,7 @@ def format_table(rows, factors):
 
 
 def _fmt(value):
+    if value in ("", None):
+        return "-"
     number = float(value)
     return "nan" if math.isnan(number) else f"{number:.4f}"

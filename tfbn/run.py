@@ -46,6 +46,8 @@ def main(argv=None):
 
         if args.role:
             set_role(args.role, args.oracle, args.tuner_id)
+        elif args.oracle or args.tuner_id:
+            raise UserError("--oracle and --tuner-id need --role chief or --role worker")
         config = load_config(args.config, args.overrides)
         rows = run_study(config, quiet=args.quiet, restart=args.restart)
         if args.role == "worker":

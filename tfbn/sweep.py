@@ -12,6 +12,7 @@ The same path serves one process, several worker processes on one machine
 chief/worker mode, where the chief holds the oracle and serves it over gRPC.
 """
 
+import glob
 import math
 import os
 import shutil
@@ -150,10 +151,11 @@ def run_study(config, *, quiet=False, restart=False):
     points = design_points(config)
     strategy = build_strategy(config.distribute)
     _check_trials(config, points, strategy)
-    fresh = _prepare_experiment_dir(experiment_dir, config, restart)
+    _prepare_experiment_dir(experiment_dir, config, restart)
+    _check_results_header(os.path.join(experiment_dir, "results.csv"), result_columns(points[0]))
     oracle = DesignOracle(points, fixed={"bn_sync": config.distribute.bn_sync})
     oracle.verbose = 0
-    if fresh and _is_chief_or_alone():
+    if _is_chief_or_alone() and not glob.glob(os.path.join(experiment_dir, "events.out.tfevents.*")):
         hparams.write_experiment(experiment_dir, {**{k: [p[k] for p in points] for k in points[0]},
                                                   "bn_sync": [config.distribute.bn_sync]})
     def make_tuner():
@@ -213,15 +215,24 @@ def _check_trials(config, points, strategy):
                             f"trial {run_name(point)}; lower train.batch_size")
 
 
+def _check_results_header(path, columns):
+    if os.path.exists(path):
+        with open(path) as f:
+            header = f.readline().strip()
+        if header != ",".join(columns):
+            raise ConfigError(
+                f"{path} has the columns {header!r}, not those this version of tfbn writes "
+                f"({','.join(columns)!r}); pass --restart to move the old run aside")
+
+
 def _prepare_experiment_dir(experiment_dir, config, restart):
-    """Saves the config beside the runs; returns whether the experiment is new."""
+    """Saves the config beside the runs."""
     saved_path = os.path.join(experiment_dir, "config.yaml")
     if restart and os.path.exists(experiment_dir):
         aside = f"{experiment_dir}.{time.strftime('%Y%m%d-%H%M%S')}"
         shutil.move(experiment_dir, aside)
         print(f"moved the earlier run aside to {aside}")
-    fresh = not os.path.exists(saved_path)
-    if not fresh:
+    if os.path.exists(saved_path):
         saved, current = _flatten(to_dict(load_config(saved_path))), _flatten(to_dict(config))
         changed = [key for key in current
                    if key.split(".")[0] not in ("log", "distribute") and saved.get(key) != current[key]]
@@ -236,7 +247,6 @@ def _prepare_experiment_dir(experiment_dir, config, restart):
     with open(temporary, "w") as f:
         f.write(dump_config(config))
     os.replace(temporary, saved_path)
-    return fresh
 
 
 def _flatten(tree, prefix=""):

@@ -11,7 +11,7 @@ import time
 
 import keras
 
-from tfbn.callbacks import BatchStatisticsEvaluation, StepMetrics
+from tfbn.callbacks import BatchStatisticsEvaluation, StepMetrics, build_instruments
 from tfbn.data import make_datasets
 from tfbn.errors import DataError
 from tfbn.models import build_mlp
@@ -73,7 +73,10 @@ def train_trial(config, data, log_dir, callbacks=(), strategy=None):
             optimizer=build_optimizer(train),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
-            steps_per_execution=steps_per_execution(train.eval_every),
+            # Keras 3.15 fails under MirroredStrategy with more than one step per
+            # execution ("You must feed a value for placeholder tensor").
+            steps_per_execution=(1 if strategy and strategy.num_replicas_in_sync > 1
+                                 else steps_per_execution(train.eval_every)),
         )
     train_ds, test_ds = make_datasets(data, train.batch_size, train.seed, train.eval_batch_size)
     metrics = StepMetrics(log_dir)
@@ -84,7 +87,8 @@ def train_trial(config, data, log_dir, callbacks=(), strategy=None):
         steps_per_epoch=train.eval_every,
         epochs=train.steps // train.eval_every,
         validation_data=test_ds,
-        callbacks=[keras.callbacks.TerminateOnNaN(), *evaluations, metrics, *callbacks],
+        callbacks=[keras.callbacks.TerminateOnNaN(), *evaluations, metrics,
+                   *build_instruments(config.log, log_dir, data.x_test), *callbacks],
         shuffle=False,  # the pipeline shuffles, seeded
         verbose=0,
     )

@@ -27,10 +27,14 @@ def set_role(role, oracle, tuner_id=None):
         tuner_id: A worker's unique name; defaults to host name and process id.
     """
     host, sep, port = (oracle or "").rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"--oracle {oracle!r}: write HOST:PORT, e.g. {LOOPBACK}:8000")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--oracle {oracle!r}: write HOST:PORT with a port from 1 to 65535, "
+                          f"e.g. {LOOPBACK}:8000")
     if role == "chief":
         tuner_id = "chief"
+    elif tuner_id and "chief" in tuner_id:
+        # keras-tuner takes any tuner id containing "chief" for the chief.
+        raise ConfigError(f"--tuner-id {tuner_id!r}: a worker's id must not contain 'chief'")
     os.environ["KERASTUNER_TUNER_ID"] = tuner_id or f"worker-{socket.gethostname()}-{os.getpid()}"
     os.environ["KERASTUNER_ORACLE_IP"] = host
     os.environ["KERASTUNER_ORACLE_PORT"] = port
