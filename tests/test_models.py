@@ -78,3 +78,17 @@ def test_that_an_unknown_activation_or_placement_names_the_choices():
         tfbn.build_mlp(activation="swish")
     with pytest.raises(ValueError, match="unknown bn 'middle'.*none, before, after"):
         tfbn.build_mlp(bn="middle")
+
+
+def test_that_renorm_puts_batch_renormalization_before_the_activation_without_bias():
+    model = tfbn.build_mlp((20,), 3, HIDDEN, "sigmoid", "renorm", bn_momentum=0.99)
+    assert [f"{n}:{k}" for n, k in layer_kinds(model)][:3] == [
+        "dense_1:Dense", "bn_1:BatchRenormalization", "act_1:Activation"]
+    assert not model.get_layer("dense_1").use_bias
+    assert model.get_layer("bn_2").momentum == 0.99
+
+
+def test_that_synchronized_statistics_reach_keras_batch_normalization():
+    model = tfbn.build_mlp((20,), 3, HIDDEN, bn="after", bn_synchronized=True)
+    assert model.get_layer("bn_1").synchronized
+    assert not tfbn.build_mlp((20,), 3, HIDDEN, bn="after").get_layer("bn_1").synchronized

@@ -118,11 +118,11 @@ class LogConfig:
     instruments: tuple[Literal["weights", "gradients", "jacobian", "percentiles"], ...] = _field(
         ("weights", "gradients", "jacobian", "percentiles"), "TensorBoard instruments to record")
     weights_every: int = _field(500, "steps between weight histograms and norms", _check_positive)
-    gradients_every: int = _field(50, "steps between gradient norms and histograms", _check_positive)
-    jacobian_every: int = _field(1000, "steps between Jacobian spectra of the probe set", _check_positive)
-    percentiles_every: int = _field(50, "steps between activation percentiles of the probe set",
+    gradients_every: int = _field(100, "steps between gradient norms and histograms", _check_positive)
+    jacobian_every: int = _field(5000, "steps between Jacobian spectra of the probe set", _check_positive)
+    percentiles_every: int = _field(500, "steps between activation percentiles of the probe set",
                                     _check_positive)
-    probe_size: int = _field(1000, "test examples in the fixed probe set (jacobian, percentiles)",
+    probe_size: int = _field(250, "test examples in the fixed probe set (jacobian, percentiles)",
                              _check_positive)
     jacobian_mode: Literal["inference", "batch"] = _field(
         "inference", "BN with moving statistics, or the probe batch's own statistics held constant")

@@ -8,6 +8,9 @@ Layer names are stable so that callbacks and reports can address layers:
 * ``act_<i>``: its nonlinearity.
 * ``logits``: the output Dense layer (no activation; the loss applies softmax).
 
+`build_mlp` returns an `MLP`: a functional `keras.Model` whose training step
+also keeps the gradient of each Dense kernel for `tfbn.callbacks.Gradients`.
+
 Block order per hidden layer:
 
 * ``bn="before"``: ``dense_i -> bn_i -> act_i`` and ``dense_i`` has no bias,
@@ -19,11 +22,13 @@ Block order per hidden layer:
 import math
 
 import keras
+import tensorflow as tf
 
 from tfbn.errors import ConfigError
+from tfbn.renorm import BatchRenormalization
 
 ACTIVATIONS = ("lrelu", "relu", "sigmoid", "softplus", "tanh", "linear")
-BN_PLACEMENTS = ("none", "before", "after")
+BN_PLACEMENTS = ("none", "before", "after", "renorm")
 
 
 def course_initializer(fan_in, seed):
@@ -46,6 +51,7 @@ def build_mlp(
     leaky_slope=0.2,
     bn_momentum=0.999,
     bn_epsilon=1e-3,
+    bn_synchronized=False,
     kernel_initializer=None,
 ):
     """Builds an uncompiled MLP classifier.
@@ -61,17 +67,21 @@ def build_mlp(
         activation: One of ``lrelu``, ``relu``, ``sigmoid``, ``softplus``,
             ``tanh`` (``linear`` is accepted for checks with a known answer).
         bn: Where Batch Normalization goes: ``"none"``, ``"before"`` or
-            ``"after"`` the activation.
+            ``"after"`` the activation, or ``"renorm"``: Batch Renormalization
+            (`tfbn.renorm.BatchRenormalization`, with the paper's schedule)
+            before the activation.
         seed: Seed of the kernel initializers; layer ``i`` uses ``seed + i``.
         leaky_slope: Negative slope of ``lrelu``.
         bn_momentum: Momentum of BN's moving mean and variance.
         bn_epsilon: Epsilon added to BN's variance.
+        bn_synchronized: Under a distribution strategy, normalize by the
+            statistics of the global batch rather than each replica's slice.
         kernel_initializer: ``None`` for the course project's truncated normal
             with std ``sqrt(2 / fan_in)``, or a callable ``(fan_in, seed)`` that
             returns a Keras initializer.
 
     Returns:
-        An uncompiled `keras.Model` that maps images to logits.
+        An uncompiled `MLP` that maps images to logits.
 
     Example:
 
@@ -89,27 +99,83 @@ def build_mlp(
     for i, units in enumerate(hidden_units, start=1):
         x = keras.layers.Dense(
             units,
-            use_bias=bn != "before",
+            use_bias=bn not in ("before", "renorm"),
             kernel_initializer=make_initializer(fan_in, seed + i),
             name=f"dense_{i}",
         )(x)
-        if bn == "before":
-            x = _batch_norm(i, bn_momentum, bn_epsilon)(x)
+        if bn in ("before", "renorm"):
+            x = _batch_norm(i, bn, bn_momentum, bn_epsilon, bn_synchronized)(x)
         x = _activation(activation, leaky_slope, f"act_{i}")(x)
         if bn == "after":
-            x = _batch_norm(i, bn_momentum, bn_epsilon)(x)
+            x = _batch_norm(i, bn, bn_momentum, bn_epsilon, bn_synchronized)(x)
         fan_in = units
     logits = keras.layers.Dense(
         num_classes,
         kernel_initializer=make_initializer(fan_in, seed + len(hidden_units) + 1),
         name="logits",
     )(x)
-    return keras.Model(inputs, logits, name=f"mlp_bn_{bn}")
+    return MLP(inputs, logits, name=f"mlp_bn_{bn}")
 
 
-def _batch_norm(index, momentum, epsilon):
+class MLP(keras.Model):
+    """A functional model whose training step keeps its kernels' gradients.
+
+    After each training step, ``kernel_gradients[name]`` holds the gradient of
+    the loss with respect to the kernel of Dense layer ``name`` that the
+    optimizer applied in that step: under a distribution strategy the sum over
+    replicas (each replica's loss is already divided by their number, so this
+    equals one replica's gradient on the whole global batch), divided by the
+    optimizer's loss scale factor if it has one. Copying the gradients into
+    these variables costs little (``bench/bench_instruments.py`` measures it);
+    `tfbn.callbacks.Gradients` reads them only every so many steps.
+
+    Construct it like a functional `keras.Model`: ``MLP(inputs, outputs)``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Plain tf.Variables, so that they stay out of the model's weights and
+        # parameter counts. One value for all replicas: they hold reduced gradients.
+        self.kernel_gradients = {
+            layer.name: tf.Variable(
+                tf.zeros(layer.kernel.shape, layer.kernel.dtype), trainable=False,
+                name=f"{layer.name}_kernel_gradient",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            for layer in self.layers if isinstance(layer, keras.layers.Dense)
+        }
+
+    def train_step(self, data):
+        # Keras's own TensorFlow train_step, plus the recording of the gradients.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        loss_tracker = next(m for m in self.metrics if m.name == "loss")
+        loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
+        gradients = tape.gradient(scaled_loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        self._record_gradients(dict(zip((v.path for v in self.trainable_weights), gradients)))
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def _record_gradients(self, gradients):
+        kernels = [gradients[self.get_layer(name).kernel.path] for name in self.kernel_gradients]
+        if self.optimizer.loss_scale_factor is not None:
+            kernels = [g / self.optimizer.loss_scale_factor for g in kernels]
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # The optimizer sums the replicas' gradients internally; sum a copy here.
+            kernels = context.all_reduce(tf.distribute.ReduceOp.SUM, kernels)
+        for variable, gradient in zip(self.kernel_gradients.values(), kernels):
+            variable.assign(gradient)
+
+
+def _batch_norm(index, bn, momentum, epsilon, synchronized):
+    if bn == "renorm":
+        return BatchRenormalization(momentum=momentum, epsilon=epsilon, name=f"bn_{index}")
     return keras.layers.BatchNormalization(
-        momentum=momentum, epsilon=epsilon, name=f"bn_{index}"
+        momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=f"bn_{index}"
     )
 
 

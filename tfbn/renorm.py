@@ -78,6 +78,14 @@ class BatchRenormalization(keras.layers.Layer):
         self.steps.assign_add(1.0)
         return self.gamma * ((x - mean) / stddev * r + d) + self.beta
 
+    # The instruments read BN's per-unit scale from these, as for Keras's layer.
+    scale = True
+
+    @property
+    def moving_variance(self):
+        """The variance that, with ``epsilon``, gives the moving standard deviation."""
+        return ops.square(self.moving_stddev) - self.epsilon
+
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon,
                 "warmup_steps": self.warmup_steps, "rmax": self.rmax, "rmax_step": self.rmax_step,

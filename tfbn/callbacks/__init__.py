@@ -1,6 +1,43 @@
 """Keras callbacks of tfbn; each one stores its arguments only in ``__init__``
-(keras-tuner deep-copies callbacks per trial) and opens writers lazily."""
+(keras-tuner deep-copies callbacks per trial) and opens writers lazily.
+
+`build_instruments` returns the TensorBoard instruments a `LogConfig` enables."""
 
 from tfbn.callbacks.batch_statistics import BatchStatisticsEvaluation
+from tfbn.callbacks.gradients import Gradients
+from tfbn.callbacks.jacobian import JacobianSpectrum
+from tfbn.callbacks.percentiles import ActivationPercentiles
 from tfbn.callbacks.progress import Progress
 from tfbn.callbacks.step_metrics import StepMetrics
+from tfbn.callbacks.weights import Weights
+
+
+def build_instruments(log_config, log_dir, probe_x):
+    """The instrument callbacks that ``log_config.instruments`` enables.
+
+    Args:
+        log_config: A `tfbn.config.LogConfig`: which instruments, how often,
+            the probe size and the Jacobian's BN mode.
+        log_dir: The trial's run directory; every instrument writes there,
+            so TensorBoard shows them as one run.
+        probe_x: Test inputs; the first ``log_config.probe_size`` of them
+            form the probe set of the Jacobian and percentile instruments.
+
+    Returns:
+        A list of callbacks, in the order of ``log_config.instruments``.
+
+    Example:
+
+    ```python
+    callbacks = build_instruments(config.log, log_dir, data.x_test)
+    ```
+    """
+    probe = probe_x[:log_config.probe_size]
+    builders = {
+        "weights": lambda: Weights(log_dir, log_config.weights_every),
+        "gradients": lambda: Gradients(log_dir, log_config.gradients_every),
+        "jacobian": lambda: JacobianSpectrum(log_dir, probe, log_config.jacobian_every,
+                                             log_config.jacobian_mode),
+        "percentiles": lambda: ActivationPercentiles(log_dir, probe, log_config.percentiles_every),
+    }
+    return [builders[name]() for name in log_config.instruments]

@@ -1,0 +1,192 @@
+"""Cost of the TensorBoard instruments on the paper's network.
+
+    python bench/bench_instruments.py            # about 8 minutes on 2 CPU cores
+    python bench/bench_instruments.py --quick    # a smoke run, about a minute
+
+The network is 784-100-100-100-10 with sigmoid and BN before the activation,
+trained by SGD on random data of MNIST's shape in batches of 60 with
+``steps_per_execution=32``. Prints:
+
+1. the cost of `tfbn.models.MLP` recording its gradients every step: chunks
+   of 32 steps of it and of Keras's own train step, alternated;
+2. the seconds one write of each instrument takes and the share of the
+   training time that implies at the `tfbn.config.LogConfig` defaults and
+   at `SUGGESTED`;
+3. steps/s of `model.fit` without instruments, with each instrument and with
+   all of them at the defaults, and with all at `SUGGESTED`, in interleaved
+   windows;
+4. time and peak TensorFlow memory of one Jacobian-spectrum pass (all
+   hidden layers and the network) over 1,000 and over 250 probe examples.
+
+Timings on a shared machine vary by 10% or more from window to window;
+(1) and (2) are the steadiest figures, (3) checks them end to end.
+"""
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfbn.callbacks import build_instruments
+from tfbn.config import LogConfig
+from tfbn.instruments import jacobian_singular_values
+from tfbn.models import build_mlp
+
+BATCH = 60
+STEPS_PER_EXECUTION = 32
+INSTRUMENTS = ("weights", "gradients", "jacobian", "percentiles")
+# Frequencies that keep all instruments within 15% of the training time here.
+SUGGESTED = dict(weights_every=500, gradients_every=100, jacobian_every=5000,
+                 percentiles_every=500, probe_size=250)
+
+
+class Clock(keras.callbacks.Callback):
+    """Times a fit from after the other callbacks' ``on_train_begin`` to its end.
+
+    Listed last, it leaves out the writes at step 0, which a real run makes
+    once, and keeps everything the instruments cost per step.
+    """
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.seconds = time.perf_counter() - self.start
+
+
+def build(plain=False):
+    model = build_mlp((784,), 10, (100, 100, 100), "sigmoid", "before")
+    if plain:  # the same layers under Keras's own train_step
+        model = keras.Model(model.inputs, model.outputs)
+    model.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=STEPS_PER_EXECUTION)
+    return model
+
+
+def recording_cost(dataset, chunks):
+    """Median seconds per chunk of 32 steps: Keras's train step and MLP's."""
+    models = {"keras.Model": build(plain=True), "MLP": build()}
+    times = {name: [] for name in models}
+    functions, iterators = {}, {}
+    for name, model in models.items():
+        model.fit(dataset, steps_per_epoch=STEPS_PER_EXECUTION * 2, epochs=1, verbose=0)
+        functions[name] = model.make_train_function()  # what fit calls once per chunk
+        iterators[name] = iter(dataset)
+    for i in range(chunks):
+        for name in sorted(models, reverse=i % 2 == 1):
+            start = time.perf_counter()
+            functions[name](iterators[name])["loss"].numpy()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def write_seconds(config, probe, log_dir, writes):
+    """Mean seconds of one write of each instrument, on a briefly trained model.
+
+    The mean, not the median: every tenth event flushes the file writer.
+    """
+    model = build()
+    model.fit(probe, np.zeros(len(probe)), batch_size=BATCH, epochs=1, verbose=0)
+    seconds = {}
+    for callback, name in zip(build_instruments(config, log_dir, probe), config.instruments):
+        callback.set_model(model)
+        start = time.perf_counter()
+        for step in range(writes):
+            callback.write(step)
+        seconds[name] = (time.perf_counter() - start) / writes
+        callback.on_train_end()
+    return seconds
+
+
+def throughput(dataset, log_dir, x, window, repeats):
+    """Steps/s of fit in interleaved windows of ``window`` steps, per variant."""
+    defaults, suggested = LogConfig(), LogConfig(**SUGGESTED)
+    variants = {"keras.Model": (build(plain=True), []), "MLP": (build(), [])}
+    for name in INSTRUMENTS:
+        config = dataclasses.replace(defaults, instruments=(name,))
+        variants[name] = (build(), build_instruments(config, os.path.join(log_dir, name), x))
+    variants["all, defaults"] = (build(), build_instruments(defaults, os.path.join(log_dir, "all"), x))
+    variants["all, SUGGESTED"] = (build(), build_instruments(
+        suggested, os.path.join(log_dir, "suggested"), x))
+    for model, _ in variants.values():  # traces the train function
+        model.fit(dataset, steps_per_epoch=STEPS_PER_EXECUTION * 2, epochs=1, verbose=0)
+    rates = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, (model, callbacks) in variants.items():
+            clock = Clock()
+            model.fit(dataset, steps_per_epoch=window, epochs=1, verbose=0, callbacks=[*callbacks, clock])
+            rates[name].append(window / clock.seconds)
+    return rates
+
+
+def jacobian_pass(probe, repeats):
+    """Median seconds of a pass and the peak of TensorFlow's CPU allocator in MiB."""
+    model = build()
+    jacobian_singular_values(model, probe)  # first-call setup
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jacobian_singular_values(model, probe)
+        times.append(time.perf_counter() - start)
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    jacobian_singular_values(model, probe)
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20
+    return statistics.median(times), peak
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args(argv)
+    window, repeats, chunks, writes = (1000, 1, 20, 3) if args.quick else (5000, 5, 300, 10)
+    rng = np.random.default_rng(0)
+    x = rng.random((6000, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 6000)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(BATCH).prefetch(4)
+    print(f"{os.cpu_count()} CPU cores; TensorFlow {tf.__version__}, Keras {keras.__version__}")
+
+    chunk = recording_cost(dataset, chunks)
+    step = chunk["MLP"] / STEPS_PER_EXECUTION
+    print(f"\n1. Gradient recording, median of {chunks} alternated chunks of {STEPS_PER_EXECUTION} steps:")
+    for name, seconds in chunk.items():
+        print(f"   {name:12s} {seconds * 1e3:7.2f} ms/chunk  {STEPS_PER_EXECUTION / seconds:6.0f} steps/s")
+    print(f"   MLP / keras.Model time: {chunk['MLP'] / chunk['keras.Model']:.3f}")
+
+    with tempfile.TemporaryDirectory() as log_dir:
+        print(f"\n2. One write (mean of {writes}) and its share of the training time "
+              f"at {step * 1e3:.2f} ms/step:")
+        print(f"   {'config':10s} {'instrument':12s} {'probe':>5s} {'every':>6s} {'s/write':>8s} "
+              f"{'share':>6s}")
+        for name, config in {"defaults": LogConfig(), "SUGGESTED": LogConfig(**SUGGESTED)}.items():
+            seconds = write_seconds(config, x[:config.probe_size], log_dir, writes)
+            shares = {i: seconds[i] / (getattr(config, f"{i}_every") * step) for i in INSTRUMENTS}
+            for i in INSTRUMENTS:
+                print(f"   {name:10s} {i:12s} {config.probe_size:5d} {getattr(config, f'{i}_every'):6d} "
+                      f"{seconds[i]:8.4f} {shares[i]:6.1%}")
+            print(f"   {name:10s} {'all':12s} {'':5s} {'':6s} {'':8s} {sum(shares.values()):6.1%}")
+        rates = throughput(dataset, log_dir, x, window, repeats)
+    base = statistics.median(rates["keras.Model"])
+    print(f"\n3. fit, {repeats} interleaved windows of {window} steps per variant:")
+    print(f"   {'variant':16s} {'median steps/s':>14s} {'vs plain':>9s} {'range':>11s}")
+    for name, r in rates.items():
+        print(f"   {name:16s} {statistics.median(r):14.0f} {statistics.median(r) / base:9.3f} "
+              f"{min(r):5.0f}-{max(r):<5.0f}")
+
+    print("\n4. Jacobian-spectrum pass, all hidden layers + network:")
+    for n in (1000, 250):
+        pass_seconds, peak = jacobian_pass(x[:n], 3 if args.quick else 5)
+        print(f"   {n:5d} examples: {pass_seconds:.3f} s, peak TensorFlow CPU memory {peak:.0f} MiB")
+    print(f"\nSUGGESTED LogConfig values: {SUGGESTED}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

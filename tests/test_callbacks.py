@@ -1,0 +1,244 @@
+import contextlib
+import copy
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+import tfbn
+from tfbn.callbacks import (ActivationPercentiles, Gradients, JacobianSpectrum, Weights,
+                            build_instruments)
+from tfbn.config import LogConfig
+from tfbn.instruments import jacobian_singular_values, spectrum_statistics
+
+EVERY = 6
+STEPS_PER_EXECUTION = 4
+STEPS = 20
+# Chunks of 4 steps end at 4, 8, ..., 20; multiples of 6 are crossed at 8, 12 and 20.
+LOGGED_STEPS = [0, 8, 12, 20]
+INSTRUMENTS = ("weights", "gradients", "jacobian", "percentiles")
+STATISTICS = ("max", "min", "mean", "mean_square", "share_0.5_to_2")
+
+
+def expected_tags(instrument):
+    """(scalar tags, histogram tags) for a two-hidden-layer MLP with BN."""
+    dense, bns, acts = ("dense_1", "dense_2", "logits"), ("bn_1", "bn_2"), ("act_1", "act_2")
+    if instrument == "weights":
+        return ({f"weight_norm/{d}" for d in dense},
+                {f"weights/{d}/kernel" for d in dense}
+                | {f"weights/{b}/{v}" for b in bns
+                   for v in ("gamma", "beta", "moving_mean", "moving_variance")})
+    if instrument == "gradients":
+        return ({f"grad_{kind}/{d}" for d in dense for kind in ("norm", "mean_abs")},
+                {f"grad/{d}" for d in dense})
+    if instrument == "jacobian":
+        layers = ("dense_1", "dense_2", "network")
+        return ({f"jacobian/{layer}/{s}" for layer in layers for s in STATISTICS},
+                {f"jacobian/{layer}/singular_values" for layer in layers})
+    return ({f"percentiles/{a}/{group}/p{q}" for a in acts for group in ("unit_0", "all")
+             for q in (15, 50, 85)}, set())
+
+
+def read_summaries(log_dir):
+    """(scalars, histograms) from a run directory: tag -> {step: value or buckets}."""
+    accumulator = event_accumulator.EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    scalars, histograms = {}, {}
+    for tag in accumulator.Tags()["tensors"]:
+        plugin = accumulator.SummaryMetadata(tag).plugin_data.plugin_name
+        target = {"scalars": scalars, "histograms": histograms}[plugin]
+        target[tag] = {e.step: tensor_util.make_ndarray(e.tensor_proto)
+                       for e in accumulator.Tensors(tag)}
+    return scalars, histograms
+
+
+def train(callbacks, bn="before"):
+    """A small network trained for `STEPS` steps in chunks of 4, with ``callbacks``."""
+    model = tfbn.build_mlp((12,), 4, (8, 6), "sigmoid", bn, seed=0)
+    model.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=STEPS_PER_EXECUTION)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8 * STEPS, 12)).astype("float32")
+    y = rng.integers(0, 4, 8 * STEPS)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    return model
+
+
+def log_config(*instruments):
+    frequencies = {f"{name}_every": EVERY for name in INSTRUMENTS}
+    return LogConfig(instruments=instruments, probe_size=20, **frequencies)
+
+
+@pytest.mark.parametrize("instrument", INSTRUMENTS)
+def test_that_each_instrument_writes_exactly_its_tags_at_the_crossed_steps(tmp_path, instrument):
+    train(build_instruments(log_config(instrument), str(tmp_path), np.zeros((50, 12), "float32")))
+    scalars, histograms = read_summaries(tmp_path)
+    expected_scalars, expected_histograms = expected_tags(instrument)
+    assert set(scalars) == expected_scalars
+    assert set(histograms) == expected_histograms
+    steps = LOGGED_STEPS[1:] if instrument == "gradients" else LOGGED_STEPS
+    for values in [*scalars.values(), *histograms.values()]:
+        assert sorted(values) == steps
+
+
+def test_that_weights_logs_the_kernel_norms_and_every_weight_in_its_histograms(tmp_path):
+    model = train([Weights(str(tmp_path), EVERY)])
+    scalars, histograms = read_summaries(tmp_path)
+    for name in ("dense_1", "dense_2", "logits"):
+        kernel = model.get_layer(name).kernel.numpy()
+        np.testing.assert_allclose(scalars[f"weight_norm/{name}"][STEPS], np.linalg.norm(kernel), rtol=1e-6)
+    for layer in ("dense_1", "bn_1", "dense_2", "bn_2", "logits"):
+        for variable in model.get_layer(layer).weights:
+            if variable.name == "bias":
+                continue
+            values = variable.numpy()
+            buckets = histograms[f"weights/{layer}/{variable.name}"][STEPS]
+            assert buckets[:, 2].sum() == values.size
+            np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], [values.min(), values.max()],
+                                       rtol=1e-6)
+    # At step 0 the moving variances are all one.
+    (left, right, count), = [row for row in histograms["weights/bn_1/moving_variance"][0] if row[2]]
+    assert left <= 1.0 < right and count == 8
+
+
+def test_that_gradients_logs_the_norm_and_mean_of_the_last_applied_gradient(tmp_path):
+    model = train([Gradients(str(tmp_path), EVERY)])
+    scalars, histograms = read_summaries(tmp_path)
+    for name, variable in model.kernel_gradients.items():
+        gradient = variable.numpy()
+        assert np.linalg.norm(gradient) > 0
+        np.testing.assert_allclose(scalars[f"grad_norm/{name}"][STEPS], np.linalg.norm(gradient), rtol=1e-6)
+        np.testing.assert_allclose(scalars[f"grad_mean_abs/{name}"][STEPS], np.abs(gradient).mean(),
+                                   rtol=1e-6)
+        assert histograms[f"grad/{name}"][STEPS][:, 2].sum() == gradient.size
+    # Each write reads the gradient of its own step.
+    assert scalars["grad_norm/dense_1"][8] != scalars["grad_norm/dense_1"][12]
+
+
+@pytest.mark.parametrize("mode", ["inference", "batch"])
+def test_that_jacobian_spectrum_logs_the_statistics_of_the_probe_spectra(tmp_path, mode):
+    probe = np.random.default_rng(1).normal(size=(20, 12)).astype("float32")
+    model = train([JacobianSpectrum(str(tmp_path), probe, EVERY, mode)])
+    scalars, histograms = read_summaries(tmp_path)
+    for layer, values in jacobian_singular_values(model, probe, mode).items():
+        for statistic, expected in spectrum_statistics(values).items():
+            np.testing.assert_allclose(scalars[f"jacobian/{layer}/{statistic}"][STEPS], expected, rtol=1e-5)
+        assert histograms[f"jacobian/{layer}/singular_values"][STEPS][:, 2].sum() == values.size
+
+
+@pytest.mark.parametrize("bn", ["before", "after", "none"])
+@pytest.mark.parametrize("mode", ["batch", "inference"])
+def test_that_logged_percentiles_equal_numpy_percentiles_of_the_nonlinearity_inputs(tmp_path, bn, mode):
+    probe = np.random.default_rng(1).normal(size=(50, 12)).astype("float32")
+    model = train([ActivationPercentiles(str(tmp_path), probe, EVERY, unit=3, mode=mode)], bn=bn)
+    scalars, _ = read_summaries(tmp_path)
+    taps = keras.Model(model.input, [model.get_layer(f"act_{i}").input for i in (1, 2)])
+    # A training-mode call normalizes by the probe's own statistics, as mode "batch" does.
+    for i, inputs in enumerate(taps(probe, training=mode == "batch"), start=1):
+        inputs = inputs.numpy()
+        for group, data in (("unit_3", inputs[:, 3]), ("all", inputs)):
+            for q, expected in zip((15, 50, 85), np.percentile(data, (15, 50, 85))):
+                np.testing.assert_allclose(scalars[f"percentiles/act_{i}/{group}/p{q}"][STEPS], expected,
+                                           rtol=1e-5, atol=1e-6)
+
+
+def test_that_a_diverged_network_is_logged_with_nans_instead_of_failing(tmp_path):
+    model = tfbn.build_mlp((12,), 4, (8, 6), "relu", "before", seed=0)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.get_layer("dense_2").kernel.assign(np.full((8, 6), np.nan))
+    for callback in build_instruments(log_config(*INSTRUMENTS), str(tmp_path), np.ones((20, 12), "float32")):
+        callback.set_model(model)
+        callback.write(0)
+        callback.on_train_end()
+    scalars, histograms = read_summaries(tmp_path)
+    assert np.isfinite(scalars["jacobian/dense_1/max"][0])
+    for tag in ("jacobian/dense_2/max", "jacobian/network/mean", "weight_norm/dense_2",
+                "percentiles/act_2/all/p50"):
+        assert np.isnan(scalars[tag][0])
+    assert histograms["weights/dense_2/kernel"][0][:, 2].sum() == 0
+    assert histograms["weights/dense_1/kernel"][0][:, 2].sum() == 12 * 8
+
+
+def test_that_build_instruments_follows_the_log_config():
+    config = LogConfig(instruments=("jacobian", "weights", "percentiles"), weights_every=7,
+                       jacobian_every=11, percentiles_every=13, probe_size=5, jacobian_mode="batch")
+    probe_x = np.arange(40, dtype="float32").reshape(10, 4)
+    callbacks = build_instruments(config, "logs/run", probe_x)
+    assert [type(c) for c in callbacks] == [JacobianSpectrum, Weights, ActivationPercentiles]
+    assert [c.every for c in callbacks] == [11, 7, 13]
+    assert {c.log_dir for c in callbacks} == {"logs/run"}
+    assert callbacks[0].mode == "batch"
+    np.testing.assert_array_equal(callbacks[0].probe_x, probe_x[:5])
+    np.testing.assert_array_equal(callbacks[2].probe_x, probe_x[:5])
+    # keras-tuner deep-copies the callbacks of every trial.
+    assert [type(c) for c in copy.deepcopy(callbacks)] == [type(c) for c in callbacks]
+    assert build_instruments(LogConfig(instruments=()), "logs/run", probe_x) == []
+
+
+def test_that_gradients_names_the_model_it_needs():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    with pytest.raises(TypeError, match="tfbn.models.MLP"):
+        model.fit(np.zeros((4, 3)), np.zeros((4, 2)), verbose=0, callbacks=[Gradients("unused", 1)])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+         "--port", str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def get_json(url):
+    # No proxy: the server is on the loopback interface.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as response:
+        return json.load(response)
+
+
+def test_that_tensorboard_serves_every_instrument_of_a_run_as_one_run(tmp_path):
+    run = tmp_path / "trial_0"
+    train(build_instruments(log_config(*INSTRUMENTS), str(run), np.ones((30, 12), "float32")))
+    expected_scalars = set().union(*(expected_tags(i)[0] for i in INSTRUMENTS))
+    expected_histograms = set().union(*(expected_tags(i)[1] for i in INSTRUMENTS))
+    with tensorboard_server(tmp_path) as url:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                runs = get_json(f"{url}/data/runs")
+                scalars = get_json(f"{url}/data/plugin/scalars/tags").get("trial_0", {})
+                histograms = get_json(f"{url}/data/plugin/histograms/tags").get("trial_0", {})
+                if set(scalars) == expected_scalars and set(histograms) == expected_histograms:
+                    break
+            except OSError:  # not listening yet
+                pass
+            assert time.monotonic() < deadline, "TensorBoard did not serve all tags in 90 s"
+            time.sleep(0.5)
+        assert runs == ["trial_0"]
+        series = get_json(f"{url}/data/plugin/scalars/scalars?run=trial_0&tag=jacobian/network/max")
+        assert [step for _, step, _ in series] == LOGGED_STEPS

@@ -1,0 +1,46 @@
+"""Percentiles of each nonlinearity's input over training (claim 2; Ioffe & Szegedy fig. 1b,c)."""
+
+import numpy as np
+
+from tfbn.callbacks.periodic import Periodic
+from tfbn.instruments import preactivations
+
+PERCENTILES = (15, 50, 85)
+
+
+class ActivationPercentiles(Periodic):
+    """Logs the 15th, 50th and 85th percentiles of the input to each nonlinearity.
+
+    The input is BN's output when BN comes before the nonlinearity and the
+    Dense output otherwise, over the probe set. Tags:
+    ``percentiles/<act layer>/unit_<unit>/p<q>`` for one fixed unit (as in
+    the paper's figure) and ``percentiles/<act layer>/all/p<q>`` over all
+    units and examples of the layer pooled.
+
+    BN uses the probe set's own statistics by default (``mode="batch"``):
+    that is the distribution a training step feeds the nonlinearity, which
+    the claim is about. With ``mode="inference"`` the moving statistics,
+    which trail the batch statistics by about ``1 / (1 - momentum)`` steps,
+    would show a drift early in training that training never sees.
+
+    Args:
+        log_dir: The run directory the event file goes to.
+        probe_x: The probe inputs, the same for every trial.
+        every: Training steps between two writes.
+        unit: The unit followed in each layer; unit 0 by default.
+        mode: ``"batch"`` or ``"inference"``; see `tfbn.instruments`.
+    """
+
+    def __init__(self, log_dir, probe_x, every, unit=0, mode="batch"):
+        super().__init__(log_dir, every)
+        self.probe_x = probe_x
+        self.unit = unit
+        self.mode = mode
+
+    def measure(self):
+        scalars = {}
+        for layer, values in preactivations(self.model, self.probe_x, self.mode).items():
+            for group, data in ((f"unit_{self.unit}", values[:, self.unit]), ("all", values)):
+                for q, value in zip(PERCENTILES, np.percentile(data, PERCENTILES)):
+                    scalars[f"percentiles/{layer}/{group}/p{q}"] = value
+        return scalars, {}

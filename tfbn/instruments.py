@@ -1,0 +1,299 @@
+"""Measurements of a `tfbn.build_mlp` network that the instrument callbacks log.
+
+* `preactivations`: the input of each hidden nonlinearity on a probe set.
+* `jacobian_singular_values`: per-example singular values of each hidden
+  block's Jacobian and of the whole network's, from their product structure.
+* `jacobian_singular_values_autodiff`: the same by automatic differentiation
+  and SVD; slow, the reference that tests compare against.
+* `spectrum_statistics`: summary numbers of such singular values.
+* `gradient_norms`: L2 norm of the loss gradient with respect to each kernel.
+
+BN is evaluated in one of two modes:
+
+* ``"inference"``: BN uses its moving mean and variance, as at test time;
+  the Jacobians are those of the deployed network.
+* ``"batch"``: BN uses the mean and variance of the probe set itself, held
+  constant (not differentiated): the normalisation a training step applies to
+  a batch like the probe set, without the coupling between examples that
+  differentiating the batch statistics would add.
+
+Example:
+
+```python
+spectra = tfbn.instruments.jacobian_singular_values(model, x_test[:1000])
+spectra["dense_1"].shape  # (1000, 100)
+```
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfbn.renorm import BatchRenormalization
+
+MODES = ("inference", "batch")
+# Examples per batch of eigendecompositions: bounds the float64 Gram matrices
+# of 100-unit layers to about 20 MB each, at no cost in speed.
+CHUNK = 250
+
+
+@dataclasses.dataclass(frozen=True)
+class _Block:
+    """One hidden block ``dense_i`` -> BN and nonlinearity ``act_i``, in model order."""
+
+    dense: keras.layers.Layer
+    activation: keras.layers.Layer
+    bn: keras.layers.Layer = None
+    bn_before: bool = False
+
+
+def _hidden_blocks(model):
+    """The hidden blocks of a `tfbn.build_mlp` network, found by layer name."""
+    order = {layer.name: position for position, layer in enumerate(model.layers)}
+    blocks = []
+    while f"dense_{len(blocks) + 1}" in order:
+        i = len(blocks) + 1
+        bn = model.get_layer(f"bn_{i}") if f"bn_{i}" in order else None
+        if bn is not None and not isinstance(bn, (keras.layers.BatchNormalization,
+                                                  BatchRenormalization)):
+            # Other normalizations need their own gain and batch-mode statistics in `_normalize`.
+            raise TypeError(f"{bn.name} is a {type(bn).__name__}; the Jacobian and percentile "
+                            "instruments support BatchNormalization and BatchRenormalization")
+        blocks.append(_Block(
+            dense=model.get_layer(f"dense_{i}"),
+            activation=model.get_layer(f"act_{i}"),
+            bn=bn,
+            bn_before=bn is not None and order[f"bn_{i}"] < order[f"act_{i}"],
+        ))
+    return blocks
+
+
+def preactivations(model, x, mode="inference"):
+    """The input of each hidden nonlinearity: the BN output for BN before it,
+    the Dense output otherwise.
+
+    Args:
+        model: A `tfbn.build_mlp` network.
+        x: Probe inputs, shape ``[num_examples, features]``.
+        mode: ``"inference"`` or ``"batch"`` (see the module docstring).
+
+    Returns:
+        Dict from nonlinearity name (``act_1``, ...) to a numpy array
+        ``[num_examples, units]``.
+    """
+    return {block.activation.name: u.numpy() for block, u, _ in _forward(model, x, mode)}
+
+
+def jacobian_singular_values(model, x, mode="inference"):
+    """Singular values of the hidden blocks' and the network's Jacobians.
+
+    The Jacobian of block ``l`` with respect to its input ``h_(l-1)`` is
+    ``diag(g) W^T``, where ``W`` is the kernel of ``dense_l`` and ``g`` the
+    per-unit gain: the nonlinearity's slope times BN's ``gamma /
+    sqrt(var + eps)`` (either order, both are diagonal). The network's is
+    the product of the blocks' with the ``logits`` kernel. The squared
+    singular values are the eigenvalues of the smaller Gram matrix of each
+    Jacobian (at most units x units), computed in float64 so that small
+    singular values keep their accuracy.
+
+    Args:
+        model: A `tfbn.build_mlp` network.
+        x: Probe inputs, shape ``[num_examples, features]``.
+        mode: ``"inference"`` or ``"batch"`` (see the module docstring).
+
+    Returns:
+        Dict from ``dense_1``, ``dense_2``, ... and ``"network"`` to a numpy
+        array ``[num_examples, k]`` of singular values in descending order,
+        ``k`` the smaller dimension of that Jacobian; NaN for examples whose
+        Jacobian is not finite (a diverged network).
+    """
+    blocks, _, gains = zip(*_forward(model, x, mode))
+    num_examples = gains[0].shape[0]
+    parts = [_spectra(model, blocks, [gain[i:i + CHUNK] for gain in gains])
+             for i in range(0, num_examples, CHUNK)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def jacobian_singular_values_autodiff(model, x, mode="inference"):
+    """`jacobian_singular_values` by `tf.GradientTape.batch_jacobian` and SVD.
+
+    Slow and memory-hungry (it forms every Jacobian); tests use it as the
+    reference for the fast path.
+    """
+    _check_mode(mode)
+    x = tf.convert_to_tensor(x, tf.float32)
+    spectra = {}
+    h = x
+    for block in _hidden_blocks(model):
+        out, jacobian = _batch_jacobian(lambda v: _apply_block(block, v, mode), h)
+        spectra[block.dense.name] = _svd(jacobian)
+        h = out
+
+    def network(v):
+        for block in _hidden_blocks(model):
+            v = _apply_block(block, v, mode)
+        return model.get_layer("logits")(v)
+
+    spectra["network"] = _svd(_batch_jacobian(network, x)[1])
+    return spectra
+
+
+def spectrum_statistics(singular_values):
+    """Summary numbers of singular values, pooled over examples.
+
+    Returns:
+        Dict with ``max``, ``min``, ``mean``, ``mean_square`` (the mean
+        squared singular value, near 1 under dynamical isometry) and
+        ``share_0.5_to_2`` (the share of values within [0.5, 2]).
+    """
+    values = np.asarray(singular_values)
+    return {
+        "max": float(values.max()),
+        "min": float(values.min()),
+        "mean": float(values.mean()),
+        "mean_square": float(np.mean(values ** 2)),
+        "share_0.5_to_2": float(np.mean((values >= 0.5) & (values <= 2.0))),
+    }
+
+
+def gradient_norms(model, x, y):
+    """L2 norm of the loss gradient with respect to each Dense kernel.
+
+    The loss is the mean sparse categorical cross-entropy of the logits of
+    ``model(x, training=True)`` (BN with the batch's statistics, as in a
+    training step). BN's moving statistics are left untouched.
+
+    Args:
+        model: A network whose ``dense_*`` and ``logits`` layers have kernels.
+        x: A batch of inputs.
+        y: Their integer labels.
+
+    Returns:
+        Dict from layer name to the norm, a float.
+    """
+    trainable = [tf.convert_to_tensor(v) for v in model.trainable_variables]
+    non_trainable = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
+    with tf.GradientTape() as tape:
+        tape.watch(trainable)
+        # stateless_call: a training-mode call without updating BN's moving statistics.
+        logits, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+    gradients = dict(zip((v.path for v in model.trainable_variables), tape.gradient(loss, trainable)))
+    return {layer.name: float(tf.norm(gradients[layer.kernel.path]))
+            for layer in model.layers if isinstance(layer, keras.layers.Dense)}
+
+
+def _forward(model, x, mode):
+    """Per hidden block: (block, nonlinearity input, gain = d h_l / d(dense output) per unit)."""
+    _check_mode(mode)
+    h = tf.convert_to_tensor(x, tf.float32)
+    out = []
+    for block in _hidden_blocks(model):
+        u = block.dense(h)
+        gain = 1.0
+        if block.bn_before:
+            u, gain = _normalize(block.bn, u, mode)
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            h = block.activation(u)
+        # The nonlinearity acts elementwise, so the gradient of the sum is its slope.
+        slope = tape.gradient(h, u)
+        if block.bn is not None and not block.bn_before:
+            h, gain = _normalize(block.bn, h, mode)
+        out.append((block, u, tf.cast(slope * gain, tf.float64)))
+    return out
+
+
+def _apply_block(block, h, mode):
+    """The block's output, by the Keras layers and `tf.nn`: independent of `_normalize`."""
+    def bn(v):
+        if mode == "inference":
+            return block.bn(v, training=False)
+        mean, variance = (tf.stop_gradient(m) for m in tf.nn.moments(v, axes=[0]))
+        return tf.nn.batch_normalization(v, mean, variance, block.bn.beta, block.bn.gamma,
+                                         block.bn.epsilon)
+
+    u = block.dense(h)
+    if block.bn_before:
+        u = bn(u)
+    h = block.activation(u)
+    if block.bn is not None and not block.bn_before:
+        h = bn(h)
+    return h
+
+
+def _normalize(bn, v, mode):
+    """BN's output and its per-unit scale ``gamma / sqrt(var + eps)``."""
+    if mode == "inference":
+        mean, variance = bn.moving_mean, bn.moving_variance
+    else:
+        mean, variance = (tf.stop_gradient(m) for m in keras.ops.moments(v, axes=[0]))
+    out = keras.ops.batch_normalization(v, mean, variance, axis=-1, offset=bn.beta,
+                                        scale=bn.gamma, epsilon=bn.epsilon)
+    scale = tf.math.rsqrt(tf.convert_to_tensor(variance) + bn.epsilon)
+    if bn.scale:
+        scale = scale * bn.gamma
+    return out, scale
+
+
+def _kernel(layer):
+    return tf.cast(layer.kernel, tf.float64)
+
+
+def _spectra(model, blocks, gains):
+    """Singular values of every block's and the network's Jacobian for one chunk of examples."""
+    spectra = {block.dense.name: _singular_values(_block_gram(_kernel(block.dense), gain))
+               for block, gain in zip(blocks, gains)}
+    # d logits / d x = W_L^T diag(g_n) W_n^T ... diag(g_1) W_1^T, built from the logits side;
+    # the Gram matrix takes the last factor W_1^T so that no [classes, features] matrix is formed.
+    jacobian = tf.transpose(_kernel(model.get_layer("logits")))[None]
+    for block, gain in reversed(list(zip(blocks, gains))[1:]):
+        jacobian = (jacobian * gain[:, None, :]) @ tf.transpose(_kernel(block.dense))
+    spectra["network"] = _singular_values(_gram(jacobian * gains[0][:, None, :], _kernel(blocks[0].dense)))
+    return spectra
+
+
+def _block_gram(kernel, gain):
+    """Gram matrix of ``J = diag(gain) W^T`` on its smaller side."""
+    fan_in, units = kernel.shape
+    if units <= fan_in:  # J J^T: gain_i (W^T W)_ij gain_j
+        return gain[:, :, None] * (tf.transpose(kernel) @ kernel) * gain[:, None, :]
+    return (kernel * tf.square(gain)[:, None, :]) @ tf.transpose(kernel)  # J^T J
+
+
+def _gram(left, kernel):
+    """Gram matrix of ``J = left W^T`` on its smaller side; ``left`` is batched."""
+    if left.shape[1] <= kernel.shape[0]:
+        return left @ (tf.transpose(kernel) @ kernel) @ tf.transpose(left, [0, 2, 1])
+    jacobian = left @ tf.transpose(kernel)
+    return tf.transpose(jacobian, [0, 2, 1]) @ jacobian
+
+
+def _singular_values(gram):
+    """Descending square roots of the eigenvalues; NaN for a non-finite Gram matrix."""
+    # A diverged network has non-finite Jacobians, which the eigensolver rejects.
+    finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2])
+    eigenvalues = tf.linalg.eigvalsh(tf.where(finite[:, None, None], gram, 0.0)).numpy()[:, ::-1]
+    # Round-off can leave the zero eigenvalues of a rank-deficient Jacobian slightly negative.
+    return np.where(finite.numpy()[:, None], np.sqrt(np.maximum(eigenvalues, 0.0)), np.nan)
+
+
+def _batch_jacobian(f, x):
+    """``f(x)`` and its per-example Jacobians ``[examples, outputs, inputs]``."""
+    # A loop over the outputs: pfor's vectorisation compiles a graph per call,
+    # which costs seconds for these small models.
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = f(x)
+    return y, tape.batch_jacobian(y, x, experimental_use_pfor=False)
+
+
+def _svd(jacobians):
+    return np.linalg.svd(jacobians.numpy().astype(np.float64), compute_uv=False)
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"unknown BN mode {mode!r}; choose one of: {', '.join(MODES)}")
