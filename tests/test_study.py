@@ -1,7 +1,7 @@
 import itertools
 from collections import Counter
 
-from tfbn.config import parse_config, to_dict
+from tfbn.config import flatten, parse_config, to_dict
 from tfbn.study import apply_factors, design_points, run_name
 
 # Every factor, with two levels that differ from the defaults below.
@@ -100,12 +100,3 @@ def test_that_apply_factors_sets_exactly_the_fields_of_the_points_factors():
     assert {key: after[key] for key in after if after[key] != before[key]} == expected
     assert to_dict(base) == to_dict(config(train={"steps": 300}))  # the config is untouched
 
-
-def flatten(tree, prefix=""):
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "factors":
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat

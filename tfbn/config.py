@@ -251,6 +251,17 @@ def to_dict(config):
     return plain(dataclasses.asdict(config))
 
 
+def flatten(tree, prefix=""):
+    """``{"train": {"steps": 5}}`` -> ``{"train.steps": 5}``; factors stay one value."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "factors":
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def dump_config(config):
     """Returns a config as YAML text that `load_config` reads back unchanged."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)

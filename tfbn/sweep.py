@@ -24,7 +24,7 @@ from keras_tuner.engine.trial import TrialStatus
 
 from tfbn import hparams, workers
 from tfbn.callbacks import Progress
-from tfbn.config import dump_config, load_config, to_dict
+from tfbn.config import dump_config, flatten, load_config, to_dict
 from tfbn.data import load_data
 from tfbn.devices import build_strategy, check_batch_split
 from tfbn.errors import ConfigError, DataError
@@ -233,7 +233,7 @@ def _prepare_experiment_dir(experiment_dir, config, restart):
         shutil.move(experiment_dir, aside)
         print(f"moved the earlier run aside to {aside}")
     if os.path.exists(saved_path):
-        saved, current = _flatten(to_dict(load_config(saved_path))), _flatten(to_dict(config))
+        saved, current = flatten(to_dict(load_config(saved_path))), flatten(to_dict(config))
         changed = [key for key in current
                    if key.split(".")[0] not in ("log", "distribute") and saved.get(key) != current[key]]
         if changed:
@@ -247,13 +247,3 @@ def _prepare_experiment_dir(experiment_dir, config, restart):
     with open(temporary, "w") as f:
         f.write(dump_config(config))
     os.replace(temporary, saved_path)
-
-
-def _flatten(tree, prefix=""):
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "factors":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
