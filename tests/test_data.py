@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tfbn.config import DataConfig
-from tfbn.data import Data, load_data, make_datasets
+from tfbn.data import load_data, make_datasets
 from tfbn.data.sources import load_tfds
 from tfbn.data.subset import ratio_counts, select_classes
 from tfbn.errors import DataError

@@ -11,3 +11,5 @@ from tfbn.models import build_mlp
 from tfbn.sweep import run_study
 
 __version__ = "0.1.0"
+
+__all__ = ["Config", "build_mlp", "load_config", "load_data", "make_datasets", "run_study"]

@@ -12,6 +12,10 @@ from tfbn.callbacks.step_metrics import StepMetrics
 from tfbn.callbacks.weights import Weights
 
 
+__all__ = ["ActivationPercentiles", "BatchStatisticsEvaluation", "Gradients", "JacobianSpectrum",
+           "Progress", "StepMetrics", "Weights", "build_instruments"]
+
+
 def build_instruments(log_config, log_dir, probe_x):
     """The instrument callbacks that ``log_config.instruments`` enables.
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 from tfbn.report.render import Heading, Image, Items, Table, Text
 from tfbn.report.stats import CONFIDENCE, RULE
-from tfbn.report.summaries import CLAIMS, OVERALL, claim_verdicts, factor_spread, primary_arm
+from tfbn.report.summaries import CLAIMS, claim_verdicts, factor_spread, primary_arm
 from tfbn.report.trials import CONTROL
 
 
