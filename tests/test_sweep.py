@@ -384,6 +384,14 @@ def test_that_a_worker_id_that_keras_tuner_would_take_for_the_chief_is_refused()
         set_role("worker", "127.0.0.1:8000", "mischief-1")
 
 
+def test_that_a_chief_without_an_address_binds_to_loopback(monkeypatch):
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.setenv(name, "restored after the test")  # teardown then undoes set_role
+    set_role("chief", None)
+    assert (os.environ["KERASTUNER_TUNER_ID"], os.environ["KERASTUNER_ORACLE_IP"],
+            os.environ["KERASTUNER_ORACLE_PORT"]) == ("chief", "127.0.0.1", "8000")
+
+
 def test_that_an_oracle_port_out_of_range_is_refused():
     with pytest.raises(ConfigError, match="99999"):
         set_role("worker", "127.0.0.1:99999")

@@ -15,6 +15,7 @@ import sys
 from tfbn.errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
+DEFAULT_CHIEF_ADDRESS = f"{LOOPBACK}:8000"
 
 
 def set_role(role, oracle, tuner_id=None):
@@ -23,9 +24,12 @@ def set_role(role, oracle, tuner_id=None):
     Args:
         role: ``"chief"`` or ``"worker"``.
         oracle: ``HOST:PORT`` where the chief serves its oracle; the chief binds
-            to that address (use ``0.0.0.0:PORT`` to accept other machines).
+            to that address (use ``0.0.0.0:PORT`` to accept other machines) and
+            to `DEFAULT_CHIEF_ADDRESS`, on loopback, when it is None.
         tuner_id: A worker's unique name; defaults to host name and process id.
     """
+    if role == "chief" and oracle is None:
+        oracle = DEFAULT_CHIEF_ADDRESS
     host, sep, port = (oracle or "").rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--oracle {oracle!r}: write HOST:PORT with a port from 1 to 65535, "
