@@ -10,13 +10,14 @@ trained by SGD on random data of MNIST's shape in batches of 60 with
 1. the cost of `tfbn.models.MLP` recording its gradients every step: chunks
    of 32 steps of it and of Keras's own train step, alternated;
 2. the seconds one write of each instrument takes and the share of the
-   training time that implies at the `tfbn.config.LogConfig` defaults and
-   at `SUGGESTED`;
+   training time that implies at the `tfbn.config.LogConfig` defaults;
 3. steps/s of `model.fit` without instruments, with each instrument and with
-   all of them at the defaults, and with all at `SUGGESTED`, in interleaved
-   windows;
+   all of them at the defaults, in interleaved windows;
 4. time and peak TensorFlow memory of one Jacobian-spectrum pass (all
-   hidden layers and the network) over 1,000 and over 250 probe examples.
+   hidden layers and the network) over 1,000 and over 250 probe examples,
+   and the time the eigenvalue solvers of TensorFlow and NumPy alone take
+   for that pass's Gram matrices: the floor of any exact method that
+   decomposes one Gram matrix per example and layer.
 
 Timings on a shared machine vary by 10% or more from window to window;
 (1) and (2) are the steadiest figures, (3) checks them end to end.
@@ -36,15 +37,13 @@ import tensorflow as tf
 
 from tfbn.callbacks import build_instruments
 from tfbn.config import LogConfig
+from tfbn import instruments
 from tfbn.instruments import jacobian_singular_values
 from tfbn.models import build_mlp
 
 BATCH = 60
 STEPS_PER_EXECUTION = 32
 INSTRUMENTS = ("weights", "gradients", "jacobian", "percentiles")
-# Frequencies that keep all instruments within 15% of the training time here.
-SUGGESTED = dict(weights_every=500, gradients_every=100, jacobian_every=5000,
-                 percentiles_every=500, probe_size=250)
 
 
 class Clock(keras.callbacks.Callback):
@@ -108,14 +107,12 @@ def write_seconds(config, probe, log_dir, writes):
 
 def throughput(dataset, log_dir, x, window, repeats):
     """Steps/s of fit in interleaved windows of ``window`` steps, per variant."""
-    defaults, suggested = LogConfig(), LogConfig(**SUGGESTED)
+    defaults = LogConfig()
     variants = {"keras.Model": (build(plain=True), []), "MLP": (build(), [])}
     for name in INSTRUMENTS:
         config = dataclasses.replace(defaults, instruments=(name,))
         variants[name] = (build(), build_instruments(config, os.path.join(log_dir, name), x))
     variants["all, defaults"] = (build(), build_instruments(defaults, os.path.join(log_dir, "all"), x))
-    variants["all, SUGGESTED"] = (build(), build_instruments(
-        suggested, os.path.join(log_dir, "suggested"), x))
     for model, _ in variants.values():  # traces the train function
         model.fit(dataset, steps_per_epoch=STEPS_PER_EXECUTION * 2, epochs=1, verbose=0)
     rates = {name: [] for name in variants}
@@ -142,6 +139,28 @@ def jacobian_pass(probe, repeats):
     return statistics.median(times), peak
 
 
+def eigensolver_floor(probe, repeats):
+    """Median seconds of TensorFlow's and NumPy's eigenvalue solvers alone on the
+    float64 Gram matrices of every hidden block that a pass over ``probe`` decomposes."""
+    model = build()
+    # The pass's own Gram matrices, by its internal helpers: the floor is meant for exactly these.
+    blocks, _, gains = zip(*instruments._forward(model, probe, "inference"))
+    grams = [instruments._block_gram(instruments._kernel(block.dense), gain).numpy()
+             for block, gain in zip(blocks, gains)]
+    solvers = {"tf.linalg.eigvalsh": lambda g: tf.linalg.eigvalsh(g).numpy(),
+               "np.linalg.eigvalsh": np.linalg.eigvalsh}
+    floor = {}
+    for name, solve in solvers.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for gram in grams:
+                solve(gram)
+            times.append(time.perf_counter() - start)
+        floor[name] = statistics.median(times)
+    return floor
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -165,13 +184,13 @@ def main(argv=None):
               f"at {step * 1e3:.2f} ms/step:")
         print(f"   {'config':10s} {'instrument':12s} {'probe':>5s} {'every':>6s} {'s/write':>8s} "
               f"{'share':>6s}")
-        for name, config in {"defaults": LogConfig(), "SUGGESTED": LogConfig(**SUGGESTED)}.items():
-            seconds = write_seconds(config, x[:config.probe_size], log_dir, writes)
-            shares = {i: seconds[i] / (getattr(config, f"{i}_every") * step) for i in INSTRUMENTS}
-            for i in INSTRUMENTS:
-                print(f"   {name:10s} {i:12s} {config.probe_size:5d} {getattr(config, f'{i}_every'):6d} "
-                      f"{seconds[i]:8.4f} {shares[i]:6.1%}")
-            print(f"   {name:10s} {'all':12s} {'':5s} {'':6s} {'':8s} {sum(shares.values()):6.1%}")
+        config = LogConfig()
+        seconds = write_seconds(config, x[:config.probe_size], log_dir, writes)
+        shares = {i: seconds[i] / (getattr(config, f"{i}_every") * step) for i in INSTRUMENTS}
+        for i in INSTRUMENTS:
+            print(f"   {'defaults':10s} {i:12s} {config.probe_size:5d} {getattr(config, f'{i}_every'):6d} "
+                  f"{seconds[i]:8.4f} {shares[i]:6.1%}")
+        print(f"   {'defaults':10s} {'all':12s} {'':5s} {'':6s} {'':8s} {sum(shares.values()):6.1%}")
         rates = throughput(dataset, log_dir, x, window, repeats)
     base = statistics.median(rates["keras.Model"])
     print(f"\n3. fit, {repeats} interleaved windows of {window} steps per variant:")
@@ -184,7 +203,8 @@ def main(argv=None):
     for n in (1000, 250):
         pass_seconds, peak = jacobian_pass(x[:n], 3 if args.quick else 5)
         print(f"   {n:5d} examples: {pass_seconds:.3f} s, peak TensorFlow CPU memory {peak:.0f} MiB")
-    print(f"\nSUGGESTED LogConfig values: {SUGGESTED}")
+        for solver, seconds in eigensolver_floor(x[:n], 3 if args.quick else 5).items():
+            print(f"          of which the floor, {solver} alone: {seconds:.3f} s")
     return 0
 
 

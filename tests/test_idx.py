@@ -47,6 +47,14 @@ def test_that_idx_files_are_read_gzipped_or_plain_flattened_and_scaled(idx_dir):
     assert x_test.shape == (4, 6)
 
 
+def test_that_the_dotted_spelling_of_the_file_names_is_found(idx_dir):
+    expected = load_idx(str(idx_dir))
+    for name in os.listdir(idx_dir):  # train-images-idx3-ubyte.gz -> train-images.idx3-ubyte.gz
+        os.rename(idx_dir / name, idx_dir / name.replace("-idx", ".idx"))
+    for got, want in zip(load_idx(str(idx_dir)), expected):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_that_a_truncated_file_is_named_with_the_expected_size(idx_dir):
     path = idx_dir / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-5])

@@ -274,10 +274,12 @@ def _gram(left, kernel):
 def _singular_values(gram):
     """Descending square roots of the eigenvalues; NaN for a non-finite Gram matrix."""
     # A diverged network has non-finite Jacobians, which the eigensolver rejects.
-    finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2])
-    eigenvalues = tf.linalg.eigvalsh(tf.where(finite[:, None, None], gram, 0.0)).numpy()[:, ::-1]
+    finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2]).numpy()
+    if not finite.all():
+        gram = tf.where(finite[:, None, None], gram, 0.0)
+    eigenvalues = tf.linalg.eigvalsh(gram).numpy()[:, ::-1]
     # Round-off can leave the zero eigenvalues of a rank-deficient Jacobian slightly negative.
-    return np.where(finite.numpy()[:, None], np.sqrt(np.maximum(eigenvalues, 0.0)), np.nan)
+    return np.where(finite[:, None], np.sqrt(np.maximum(eigenvalues, 0.0)), np.nan)
 
 
 def _batch_jacobian(f, x):

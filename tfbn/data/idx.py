@@ -21,6 +21,9 @@ SPLIT_PREFIXES = {"train": "train", "test": "t10k"}
 def find_idx_file(directory, split, kind):
     """Returns the path of ``<prefix>-<kind>-idx?-ubyte[.gz]`` in ``directory``.
 
+    The spelling with a dot before ``idx`` (``train-images.idx3-ubyte``, as
+    some mirrors ship MNIST) is accepted too.
+
     Args:
         directory: Folder holding the four standard IDX files.
         split: ``"train"`` or ``"test"`` (file prefixes ``train`` and ``t10k``).
@@ -28,7 +31,8 @@ def find_idx_file(directory, split, kind):
     """
     dims = 3 if kind == "images" else 1
     stem = f"{SPLIT_PREFIXES[split]}-{kind}-idx{dims}-ubyte"
-    for name in (stem, stem + ".gz"):
+    dotted = f"{SPLIT_PREFIXES[split]}-{kind}.idx{dims}-ubyte"
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
             return path
