@@ -35,9 +35,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfbn import instruments
 from tfbn.callbacks import build_instruments
 from tfbn.config import LogConfig
-from tfbn import instruments
 from tfbn.instruments import jacobian_singular_values
 from tfbn.models import build_mlp
 

@@ -228,6 +228,17 @@ def test_that_a_study_without_a_none_arm_gets_no_verdicts(tmp_path):
     assert "Skipped: no trial logged accuracy/test." in report
 
 
+def test_that_the_class_ratio_figure_takes_seeds_with_equal_accuracy(tmp_path):
+    config = parse_config({
+        "experiment": "ratio", "log": {"dir": str(tmp_path)}, "data": {"classes": [0, 1]},
+        "study": {"factors": {"test_ratio": ["1:1", "1:9"], "bn": ["none", "before"], "seed": [0, 1, 2]}}})
+    # The float64 mean of three 0.7s is 0.7 - 1.1e-16: below their minimum.
+    experiment = write_study(config, lambda point: {
+        "status": "ok", "final_accuracy": 0.7, "final_accuracy_batch_stats": 0.7})
+    write_report(str(experiment))
+    assert (experiment / "report" / "class_ratio.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_that_the_command_line_names_a_folder_without_a_study(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "holds no finished study" in capsys.readouterr().err

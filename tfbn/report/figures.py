@@ -308,8 +308,9 @@ def _class_ratio(study):
             values = [v[np.isfinite(v)] for v in values]
             x = [i for i, v in enumerate(values) if len(v)]
             mean = np.array([values[i].mean() for i in x])
-            bars = np.array([[mean[j] - values[i].min(), values[i].max() - mean[j]]
-                             for j, i in enumerate(x)]).reshape(-1, 2).T
+            # Clipped: the float mean of equal values can fall an ulp outside them.
+            bars = np.clip([[mean[j] - values[i].min(), values[i].max() - mean[j]]
+                            for j, i in enumerate(x)], 0, None).reshape(-1, 2).T
             ax.errorbar(x, mean, yerr=bars, color=_color(bn), marker="o", capsize=3, label=f"bn={bn}")
         ax.set_xticks(range(len(ratios)), ratios)
         ax.set_xlabel("test class ratio")
