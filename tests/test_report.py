@@ -239,6 +239,26 @@ def test_that_the_class_ratio_figure_takes_seeds_with_equal_accuracy(tmp_path):
     assert (experiment / "report" / "class_ratio.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_that_jacobian_spectra_of_step_zero_alone_give_no_isometry_measure(tmp_path):
+    config = parse_config({"experiment": "early", "log": {"dir": str(tmp_path)},
+                           "study": {"factors": {"bn": ["none", "before"], "seed": [0, 1]}}})
+
+    def initial_spectra_only(run_dir, point, result):
+        with tf.summary.create_file_writer(str(run_dir)).as_default():
+            for layer in ("network", "dense_1"):
+                mean_square = 0.5 if point["bn"] == "none" else 0.6 + 0.1 * point["seed"]
+                tf.summary.scalar(f"jacobian/{layer}/mean_square", mean_square, step=0)
+
+    study = load_study(str(write_study(
+        config, lambda point: {"status": "ok", "final_accuracy": 0.9}, initial_spectra_only)))
+    isometry = [m for m in summarise_mechanisms(study) if m.claim == 5]
+    assert len(isometry) == 2
+    for measure in isometry:
+        assert measure.effect.n == 0 and measure.effect.verdict == "inconclusive"
+        assert measure.note == ("no data: the jacobian instrument was off or recorded too little "
+                                "(lower log.jacobian_every)")
+
+
 def test_that_the_command_line_names_a_folder_without_a_study(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "holds no finished study" in capsys.readouterr().err

@@ -160,8 +160,8 @@ def summarise_mechanisms(study):
     measures = []
     for claim, name, better, value, instrument in specs:
         effect = _effect(pairs, value, better)
-        note = (f"no data: the {instrument} instrument was off or recorded too little"
-                if instrument and not effect.n else "")
+        note = (f"no data: the {instrument} instrument was off or recorded too little "
+                f"(lower log.{instrument}_every)" if instrument and not effect.n else "")
         measures.append(Measure(claim, name, better, effect, note))
     return measures + _saturating_measures(study, arm)
 
@@ -259,7 +259,8 @@ def _gradient_ratio(trial):
 def _isometry(layer_prefix):
     def distance(trial):
         tags = [t for t in trial.tags(f"jacobian/{layer_prefix}") if t.endswith("/mean_square")]
-        last = [values[-1] for values in (trial.scalar(t)[1] for t in tags)
-                if len(values) and values[-1] > 0]
+        # A spectrum from step 0 only is the initial network's, the same in every arm.
+        last = [values[-1] for steps, values in (trial.scalar(t) for t in tags)
+                if len(values) and steps[-1] > 0 and values[-1] > 0]
         return float(np.mean(np.abs(np.log(last)))) if last else math.nan
     return distance
