@@ -107,24 +107,40 @@ def instant_result(config):
             "best_accuracy": 0.5, "steps_to_threshold": None, "final_loss": 1.0, "seconds": 0.0}
 
 
+def fake_train_pack(train_one):
+    """A stand-in for `tfbn.training.train_pack` that gives each trial ``train_one(config)``."""
+    def train_pack(branches, strategy=None, on_result=None):
+        results = []
+        for targets in branches:
+            results.append([])
+            for target in targets:
+                results[-1].append(train_one(target.config))
+                on_result(target, results[-1][-1])
+        return results
+    return train_pack
+
+
 @pytest.fixture
 def trained(monkeypatch):
     """Replaces training by an instant result; lists each trained trial's config."""
     configs = []
 
-    def train_trial(config, data, log_dir, callbacks=(), strategy=None):
+    def train_one(config):
         configs.append(config)
         return instant_result(config)
 
-    monkeypatch.setattr(tfbn.sweep, "train_trial", train_trial)
+    monkeypatch.setattr(tfbn.sweep, "train_pack", fake_train_pack(train_one))
     return configs
 
 
 # Which trials keras-tuner runs.
 
-def test_that_keras_tuner_runs_each_point_of_a_full_factorial_exactly_once(tmp_path, trained):
+@pytest.mark.parametrize("pack, packs", [("auto", 2), ("off", 12), (4, 4)])
+def test_that_keras_tuner_runs_each_point_of_a_full_factorial_exactly_once(
+        tmp_path, trained, pack, packs):
+    # Each seed is its own data stream: 6 branches per seed, in packs of at most `pack`.
     config = load(tmp_path, "study.factors={bn: [none, before, after], activation: [relu, tanh], "
-                            "seed: [0, 1]}")
+                            "seed: [0, 1]}", f"train.pack={pack}")
     rows = run_study(config, quiet=True)
     grid = list(itertools.product(["none", "before", "after"], ["relu", "tanh"], [0, 1]))
     assert Counter((c.model.bn, c.model.activation, c.train.seed) for c in trained) == Counter(grid)
@@ -132,7 +148,10 @@ def test_that_keras_tuner_runs_each_point_of_a_full_factorial_exactly_once(tmp_p
         (bn, act, str(seed)) for bn, act, seed in grid]
     experiment = tmp_path / "quickstart"
     assert Counter(row["run"] for row in read_rows(experiment)) == {row["run"]: 1 for row in rows}
-    assert trial_statuses(experiment) == {"COMPLETED": 12}
+    assert trial_statuses(experiment) == {"COMPLETED": packs}
+    assert len({row["trial"] for row in rows}) == packs
+    assert all(len({row["seed"] for row in rows if row["trial"] == trial}) == 1
+               for trial in {row["trial"] for row in rows})
 
     run_study(config, quiet=True)  # a rerun finds every trial done
     assert len(trained) == 12 and len(read_rows(experiment)) == 12
@@ -147,14 +166,16 @@ def test_that_keras_tuner_runs_each_point_of_a_one_at_a_time_design_exactly_once
     expected = [(*base, bn, seed) for base in bases for bn in ("none", "before") for seed in (0, 1)]
     seen = [(c.model.activation, c.model.width, c.model.bn, c.train.seed) for c in trained]
     assert Counter(seen) == Counter(expected) and len(seen) == 12
-    assert trial_statuses(tmp_path / "quickstart") == {"COMPLETED": 12}
+    assert trial_statuses(tmp_path / "quickstart") == {"COMPLETED": 2}  # a pack per seed
 
 
 # Interruption, divergence and failure.
 
 def test_that_a_sweep_killed_mid_trial_resumes_and_trains_only_the_interrupted_and_later_trials(
         tmp_path, processes):
-    command = cli(tmp_path, "study.factors.bn=[none,before,after]", "train.steps=500")
+    # One trial at a time, so that the kill falls between the first trial and the others.
+    command = cli(tmp_path, "study.factors.bn=[none,before,after]", "train.steps=500",
+                  "train.pack=off")
     experiment = tmp_path / "quickstart"
     first = start(processes, command, tmp_path / "first.log")
     deadline = time.monotonic() + WAIT_S
@@ -185,34 +206,69 @@ def test_that_a_sweep_killed_mid_trial_resumes_and_trains_only_the_interrupted_a
     assert trial_statuses(experiment) == {"COMPLETED": 3}
 
 
-def test_that_a_diverged_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
-    # A sigmoid MLP without BN keeps a finite loss on digits up to a learning rate of
-    # about 1e33 (the sigmoid saturates); at 1e36 the logits overflow float32 at once.
+def test_that_a_pack_killed_after_one_branch_was_recorded_resumes_with_each_point_once(
+        tmp_path, processes):
+    # One pack: at a learning rate of 1e36 BN before diverges at once and is recorded at
+    # step 50; its pack-mate trains on. The kill falls between the two rows.
+    command = cli(tmp_path, "study.factors={learning_rate: [1.0e+36, 0.01], bn: [before]}",
+                  "train.steps=1000")
+    experiment = tmp_path / "quickstart"
+    first = start(processes, command, tmp_path / "first.log")
+    deadline = time.monotonic() + WAIT_S
+    while not ((experiment / "results.csv").exists() and len(read_rows(experiment)) == 1):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    [diverged] = read_rows(experiment)
+    assert (diverged["run"], diverged["status"]) == ("lr=1e+36,bn=before", "diverged")
+    recorded = {p: p.stat().st_mtime_ns for p in (experiment / diverged["run"]).iterdir()}
+
+    second = start(processes, command, tmp_path / "second.log")
+    assert finish(second, tmp_path / "second.log")[0] == 0
+    rows = read_rows(experiment)
+    assert [(row["run"], row["status"], row["steps_run"]) for row in rows] == [
+        ("lr=1e+36,bn=before", "diverged", "50"), ("lr=0.01,bn=before", "ok", "1000")]
+    # The recorded point was not trained again; its run folder is untouched.
+    assert {p: p.stat().st_mtime_ns for p in (experiment / diverged["run"]).iterdir()} == recorded
+    assert [step for step, _ in read_scalars(experiment / rows[1]["run"])["loss/train"]] == list(
+        range(50, 1001, 50))
+    assert trial_statuses(experiment) == {"COMPLETED": 1}
+
+
+def test_that_a_diverged_trial_is_recorded_and_its_pack_mates_train_on(tmp_path):
+    # At a learning rate of 1e36 the first step's update overflows float32. All four
+    # points share the data stream, so they train as one pack.
     assert main([*FLAGS, *set_args(
         tmp_path, "study.factors={learning_rate: [1.0e+36, 0.01], bn: [none, before]}")]) == 0
     experiment = tmp_path / "quickstart"
     rows = {(float(row["learning_rate"]), row["bn"]): row for row in read_rows(experiment)}
-    assert list(rows) == [(1e36, "none"), (1e36, "before"), (0.01, "none"), (0.01, "before")]
-    diverged = rows[1e36, "none"]
-    assert diverged["status"] == "diverged" and 0 < int(diverged["steps_run"]) < 100
-    assert read_scalars(experiment / diverged["run"])["hparams/diverged"] == [
-        (int(diverged["steps_run"]), 1.0)]
+    assert set(rows) == {(1e36, "none"), (1e36, "before"), (0.01, "none"), (0.01, "before")}
+    assert len({row["trial"] for row in rows.values()}) == 1
+    diverged = [row for row in rows.values() if row["status"] == "diverged"]
+    assert diverged and all(float(row["learning_rate"]) == 1e36 for row in diverged)
+    for row in diverged:
+        # Recorded when it diverged, before the pack ended, with the first evaluation's step.
+        assert row["steps_run"] == "50"
+        assert read_scalars(experiment / row["run"])["hparams/diverged"] == [(50, 1.0)]
+    assert list(rows.values())[0]["status"] == "diverged"
     for bn in ("none", "before"):
         assert rows[0.01, bn]["status"] == "ok" and rows[0.01, bn]["steps_run"] == "100"
         assert 0 < float(rows[0.01, bn]["final_accuracy"]) <= 1
-    assert trial_statuses(experiment) == {"COMPLETED": 4}
+    assert trial_statuses(experiment) == {"COMPLETED": 1}
 
 
 def test_that_failed_trials_are_recorded_and_do_not_stop_the_sweep(tmp_path, monkeypatch):
     seeds = []
 
-    def train_trial(config, data, log_dir, callbacks=(), strategy=None):
+    def train_one(config):
         seeds.append(config.train.seed)
         if 1 <= config.train.seed <= 5:  # more in a row than keras-tuner's default limit of 3
             raise RuntimeError(f"no data for seed {config.train.seed}")
         return instant_result(config)
 
-    monkeypatch.setattr(tfbn.sweep, "train_trial", train_trial)
+    monkeypatch.setattr(tfbn.sweep, "train_pack", fake_train_pack(train_one))
     config = load(tmp_path, "study.factors={seed: [0, 1, 2, 3, 4, 5, 6, 7]}")
     rows = run_study(config, quiet=True)
     assert seeds == list(range(8))
@@ -224,14 +280,14 @@ def test_that_failed_trials_are_recorded_and_do_not_stop_the_sweep(tmp_path, mon
 
 
 def test_that_the_command_line_prints_its_table_after_a_failed_trial(tmp_path, monkeypatch, capsys):
-    def train_trial(config, data, log_dir, callbacks=(), strategy=None):
+    def train_one(config):
         if config.model.bn == "none":
             raise RuntimeError("out of memory")
         return instant_result(config)
 
-    monkeypatch.setattr(tfbn.sweep, "train_trial", train_trial)
+    monkeypatch.setattr(tfbn.sweep, "train_pack", fake_train_pack(train_one))
     assert main([*FLAGS,
-                 *set_args(tmp_path, "study.factors.bn=[none,before]")]) == 0
+                 *set_args(tmp_path, "study.factors.bn=[none,before]", "train.pack=off")]) == 0
     table = capsys.readouterr().out
     assert "failed" in table and "before" in table
 
@@ -260,15 +316,15 @@ def pre_create_trial(self):
            and time.monotonic() < deadline):
         time.sleep(0.02)
 
-train = tfbn.sweep.train_trial
+train = tfbn.sweep.train_pack
 
-def train_trial(config, data, log_dir, *args):
+def train_pack(branches, *args, **kwargs):
     with open(os.path.join(folder, name), "a") as f:
-        f.write(os.path.basename(log_dir) + "\\n")
-    return train(config, data, log_dir, *args)
+        f.writelines(os.path.basename(t.log_dir) + "\\n" for targets in branches for t in targets)
+    return train(branches, *args, **kwargs)
 
 tfbn.sweep.StudyTuner.pre_create_trial = pre_create_trial
-tfbn.sweep.train_trial = train_trial
+tfbn.sweep.train_pack = train_pack
 sys.exit(main(sys.argv[3:]))
 """
 

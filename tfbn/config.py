@@ -17,7 +17,7 @@ import difflib
 import re
 import types
 import typing
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import yaml
 
@@ -57,6 +57,11 @@ def _check_positive(value, key):
 def _check_fraction(value, key):
     if not 0 <= value <= 1:
         raise ConfigError(f"{key}: must lie in [0, 1], got {value!r}")
+
+
+def _check_pack(value, key):
+    if isinstance(value, int) and value < 1:
+        raise ConfigError(f"{key}: give auto, off or a positive number of branches, got {value!r}")
 
 
 def _field(default, why, check=None):
@@ -108,6 +113,9 @@ class TrainConfig:
     seed: int = _field(0, "seeds the kernels and the order of the training batches")
     threshold: float = _field(0.9, "test accuracy that 'steps to threshold' waits for", _check_fraction)
     eval_batch_size: int = _field(1000, "examples per evaluation batch (speed only)", _check_positive)
+    pack: Union[Literal["auto", "off"], int] = _field(
+        "auto", "trials trained together as branches of one model: auto, off or a maximum",
+        _check_pack)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,18 +172,22 @@ class Config:
 
 
 class _Loader(yaml.SafeLoader):
-    """`yaml.SafeLoader` without two YAML 1.1 surprises.
+    """`yaml.SafeLoader` without three YAML 1.1 surprises.
 
-    YAML 1.1 reads `1:9` as the base-60 integer 69 and `1e-3` as a string;
-    class ratios and learning rates are written exactly like that.
+    YAML 1.1 reads `1:9` as the base-60 integer 69, `1e-3` as a string and
+    `off` as false; class ratios, learning rates and ``train.pack: off`` are
+    written exactly like that. As in YAML 1.2, only true and false are booleans.
     """
 
 
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers
-            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                           "tag:yaml.org,2002:bool")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:int",
     re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0x[0-9a-fA-F_]+|[-+]?(?:0|[1-9][0-9_]*))$"),
@@ -300,9 +312,16 @@ def _coerce(value, tp, key):
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
     if origin in (typing.Union, types.UnionType):
-        if value is None:
+        if value is None and type(None) in args:
             return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key)
+        alternatives = [a for a in args if a is not type(None)]
+        for alternative in alternatives:
+            try:
+                return _coerce(value, alternative, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {' or '.join(map(_choice_name, alternatives))}, "
+                          f"got {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of: "
@@ -339,6 +358,12 @@ def _parse_factors(raw, key):
             raise ConfigError(f"{key}.{name}: give one or more distinct levels, got {levels!r}")
         factors[name] = parsed
     return factors
+
+
+def _choice_name(tp):
+    if typing.get_origin(tp) is Literal:
+        return ", ".join(map(str, typing.get_args(tp)))
+    return _type_name(tp)
 
 
 def _type_name(tp):

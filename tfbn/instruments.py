@@ -7,6 +7,7 @@
   and SVD; slow, the reference that tests compare against.
 * `spectrum_statistics`: summary numbers of such singular values.
 * `gradient_norms`: L2 norm of the loss gradient with respect to each kernel.
+* `has_batch_norm`: whether a network normalizes at all.
 
 BN is evaluated in one of two modes:
 
@@ -68,6 +69,11 @@ def _hidden_blocks(model):
             bn_before=bn is not None and order[f"bn_{i}"] < order[f"act_{i}"],
         ))
     return blocks
+
+
+def has_batch_norm(model):
+    """Whether any hidden block of a `tfbn.build_mlp` network has BN (or Batch Renormalization)."""
+    return any(block.bn is not None for block in _hidden_blocks(model))
 
 
 def preactivations(model, x, mode="inference"):

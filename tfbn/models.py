@@ -156,10 +156,11 @@ class MLP(keras.Model):
         loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
         gradients = tape.gradient(scaled_loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        self._record_gradients(dict(zip((v.path for v in self.trainable_weights), gradients)))
+        self.record_gradients(dict(zip((v.path for v in self.trainable_weights), gradients)))
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
-    def _record_gradients(self, gradients):
+    def record_gradients(self, gradients):
+        """Keeps the applied gradients of the Dense kernels; ``gradients`` maps variable paths to them."""
         kernels = [gradients[self.get_layer(name).kernel.path] for name in self.kernel_gradients]
         if self.optimizer.loss_scale_factor is not None:
             kernels = [g / self.optimizer.loss_scale_factor for g in kernels]

@@ -1,11 +1,12 @@
 """Runs a study's trials with keras-tuner: our oracle proposes, our tuner trains.
 
-`DesignOracle` hands out the points of a `tfbn.study` design in a fixed order,
-each exactly once. keras-tuner's own `GridSearchOracle` derives its next point
+`DesignOracle` hands out the packs of a `tfbn.study` design (`tfbn.packing`:
+trials that train together) in a fixed order, each exactly once. keras-tuner's own `GridSearchOracle` derives its next point
 from the trials seen so far and does not resume correctly after an
 interruption (keras-tuner issue #1055); this oracle's order is a pure function
-of the config and keras-tuner persists which points were tried, so a rerun
-continues where it stopped, and an interrupted trial starts again from scratch.
+of the config and keras-tuner persists which packs were tried, so a rerun
+continues where it stopped, and an interrupted pack starts again from scratch
+for those of its points that were not recorded yet.
 
 The same path serves one process, several worker processes on one machine
 (``distribute.parallel_trials``) and workers on several machines: keras-tuner's
@@ -30,96 +31,128 @@ from tfbn.devices import build_strategy, check_batch_split
 from tfbn.errors import ConfigError, DataError
 from tfbn.results import RESULT_COLUMNS, append_row, read_rows
 from tfbn.study import LABELS, apply_factors, design_points, run_name
-from tfbn.training import train_trial
+from tfbn.packing import plan_packs
+from tfbn.training import Target, train_pack
 
 OBJECTIVE = keras_tuner.Objective("final_accuracy", direction="max")
+# Keys outside the log and distribute sections that a resumed run may change:
+# packing trials changes their speed, not their results.
+FREE_TO_CHANGE = ("train.pack",)
 
 
 class DesignOracle(keras_tuner.Oracle):
-    """An oracle that proposes the points of an explicit design, in order.
+    """An oracle that proposes the packs of a study (`tfbn.packing`), in order.
+
+    Each keras-tuner trial is one pack: its one hyperparameter ``pack`` names
+    the pack by its points' run names.
 
     Args:
-        points: List of dicts from factor name to a scalar level.
+        packs: List of `tfbn.packing.Pack`.
         fixed: Hyperparameters recorded with every trial but not varied.
         **kwargs: Passed on to `keras_tuner.Oracle`.
     """
 
-    def __init__(self, points, fixed=None, **kwargs):
+    def __init__(self, packs, fixed=None, **kwargs):
         space = keras_tuner.HyperParameters()
-        for name in points[0]:
-            space.Choice(name, list(dict.fromkeys(p[name] for p in points)), ordered=False)
+        space.Choice("pack", [pack.name for pack in packs], ordered=False)
         for name, value in (fixed or {}).items():
             space.Fixed(name, value)
-        super().__init__(objective=OBJECTIVE, max_trials=len(points), hyperparameters=space,
+        super().__init__(objective=OBJECTIVE, max_trials=len(packs), hyperparameters=space,
                          allow_new_entries=False, tune_new_entries=False,
                          # A study records failed trials and goes on, however many fail.
-                         max_consecutive_failed_trials=len(points) + 1, **kwargs)
-        self.points = [{**point, **(fixed or {})} for point in points]
+                         max_consecutive_failed_trials=len(packs) + 1, **kwargs)
+        self.proposals = [{"pack": pack.name, **(fixed or {})} for pack in packs]
 
     def populate_space(self, trial_id):
-        for values in self.points:
+        for values in self.proposals:
             if self._compute_values_hash(values) not in self._tried_so_far:
                 return {"status": TrialStatus.RUNNING, "values": values}
         return {"status": TrialStatus.STOPPED}
 
 
 class StudyTuner(keras_tuner.Tuner):
-    """Trains one trial of a study per call of `run_trial`.
+    """Trains one pack of a study's trials per call of `run_trial`.
+
+    Every design point of the pack is still its own trial to the outside: its
+    own run folder, TensorBoard run, HParams session, progress line and row
+    in ``results.csv``, written as soon as its branch has finished.
 
     Args:
         config: The study's `tfbn.config.Config`.
         points: The design points (`tfbn.study.design_points`).
+        packs: The packs of those points (`tfbn.packing.plan_packs`).
         experiment_dir: ``<log.dir>/<experiment>``: run directories and results.
         quiet: Print no progress lines.
         **kwargs: Passed on to `keras_tuner.Tuner`.
     """
 
-    def __init__(self, config, points, experiment_dir, quiet=False, **kwargs):
+    def __init__(self, config, points, packs, experiment_dir, quiet=False, **kwargs):
         super().__init__(directory=experiment_dir, project_name="tuner", **kwargs)
         self.config = config
         self.points = points
+        self.packs = {pack.name: pack for pack in packs}
         self.experiment_dir = experiment_dir
         self.quiet = quiet
         self.results_path = os.path.join(experiment_dir, "results.csv")
         self._trial_seconds = []
 
     def run_trial(self, trial, *args, **kwargs):
-        point = {name: trial.hyperparameters.get(name) for name in self.points[0]}
-        finished = study_rows(self.experiment_dir, [point])
-        if finished and finished[0]["status"] != "failed":
-            # Killed between recording its row and keras-tuner ending the trial.
-            return {"final_accuracy": _score(float(finished[0]["final_accuracy"]))}
-        trial_config = apply_factors(self.config, point)
-        run_dir = os.path.join(self.experiment_dir, run_name(point))
-        # A run folder of an unfinished trial holds a killed run's partial events.
-        shutil.rmtree(run_dir, ignore_errors=True)
+        pack = self.packs[trial.hyperparameters.get("pack")]
+        # Points recorded before a kill, between their branch's end and the pack's, are done.
+        done = {row["run"]: row for row in study_rows(self.experiment_dir, pack.points)
+                if row["status"] != "failed"}
+        branches = [[p for p in branch if run_name(p) not in done] for branch in pack.branches]
+        branches = [branch for branch in branches if branch]
+        scores = [_score(float(row["final_accuracy"])) for row in done.values()]
+        if not branches:
+            return {"final_accuracy": max(scores)}
+        remaining = sum(map(len, branches))
+        finished = len(read_rows(self.results_path))
+        targets, positions = [], {}
+        for branch in branches:
+            targets.append([])
+            for point in branch:
+                run_dir = os.path.join(self.experiment_dir, run_name(point))
+                # A run folder of an unfinished trial holds a killed run's partial events.
+                shutil.rmtree(run_dir, ignore_errors=True)
+                trial_config = apply_factors(self.config, point)
+                progress = self._progress(point, trial_config, finished + len(positions),
+                                          len(self.points) - finished - remaining, remaining,
+                                          live=not positions)
+                positions[run_dir] = point
+                targets[-1].append(Target(trial_config, run_dir, tuple(progress)))
         start = time.monotonic()
+
+        def record(target, result):
+            point = positions.pop(target.log_dir)
+            self._record(trial, point, result)
+            hparams.write_trial(target.log_dir, {**point, "bn_sync": self.config.distribute.bn_sync},
+                                result)
+            scores.append(_score(result["final_accuracy"]))
+
         try:
-            result = train_trial(trial_config, load_data(trial_config.data), run_dir,
-                                 self._progress(trial, point, trial_config),
-                                 self.distribution_strategy)
+            train_pack(targets, self.distribution_strategy, on_result=record)
         except Exception as error:
             message = f"{type(error).__name__}: {error}".replace("\n", " ")
-            self._record(trial, point, {"status": "failed", "message": message})
+            for point in positions.values():
+                self._record(trial, point, {"status": "failed", "message": message})
             raise keras_tuner.errors.FailedTrialError(message) from error
-        self._trial_seconds.append(time.monotonic() - start)
-        self._record(trial, point, result)
-        hparams.write_trial(run_dir, {**point, "bn_sync": self.config.distribute.bn_sync}, result)
-        return {"final_accuracy": _score(result["final_accuracy"])}
+        self._trial_seconds += [(time.monotonic() - start) / remaining] * remaining
+        return {"final_accuracy": max(scores)}
 
     def _record(self, trial, point, result):
         append_row(self.results_path, {"trial": trial.trial_id, "run": run_name(point),
                                        **point, **result}, result_columns(point))
 
-    def _progress(self, trial, point, trial_config):
+    def _progress(self, point, trial_config, done, trials_after, in_pack, live):
         if self.quiet:
             return []
-        done = len(read_rows(self.results_path))
         mean = sum(self._trial_seconds) / len(self._trial_seconds) if self._trial_seconds else None
         label = "  ".join(f"{LABELS[k]}={v}" for k, v in point.items())
         return [Progress(trial_config.train.steps,
                          prefix=f"trial {done + 1}/{len(self.points)}  {label}",
-                         trials_after=len(self.points) - done - 1, seconds_per_trial=mean)]
+                         trials_after=trials_after, seconds_per_trial=mean,
+                         pack_size=in_pack, live=live)]
 
 
 def _score(accuracy):
@@ -153,13 +186,14 @@ def run_study(config, *, quiet=False, restart=False):
     _check_trials(config, points, strategy)
     _prepare_experiment_dir(experiment_dir, config, restart)
     _check_results_header(os.path.join(experiment_dir, "results.csv"), result_columns(points[0]))
-    oracle = DesignOracle(points, fixed={"bn_sync": config.distribute.bn_sync})
+    packs = plan_packs(config, points)
+    oracle = DesignOracle(packs, fixed={"bn_sync": config.distribute.bn_sync})
     oracle.verbose = 0
     if _is_chief_or_alone() and not glob.glob(os.path.join(experiment_dir, "events.out.tfevents.*")):
         hparams.write_experiment(experiment_dir, {**{k: [p[k] for p in points] for k in points[0]},
                                                   "bn_sync": [config.distribute.bn_sync]})
     def make_tuner():
-        return StudyTuner(config, points, experiment_dir, quiet, oracle=oracle,
+        return StudyTuner(config, points, packs, experiment_dir, quiet, oracle=oracle,
                           distribution_strategy=strategy)
 
     if config.distribute.parallel_trials > 1 and "KERASTUNER_ORACLE_IP" not in os.environ:
@@ -235,7 +269,8 @@ def _prepare_experiment_dir(experiment_dir, config, restart):
     if os.path.exists(saved_path):
         saved, current = flatten(to_dict(load_config(saved_path))), flatten(to_dict(config))
         changed = [key for key in current
-                   if key.split(".")[0] not in ("log", "distribute") and saved.get(key) != current[key]]
+                   if key.split(".")[0] not in ("log", "distribute") and key not in FREE_TO_CHANGE
+                   and saved.get(key) != current[key]]
         if changed:
             raise ConfigError(
                 f"{experiment_dir} holds a run of this experiment with a different config "

@@ -1,24 +1,50 @@
-"""Step-based training of one trial: build, compile, fit, summarise.
+"""Step-based training of trials, one network per trial or several packed together.
+
+A *pack* is a list of branches; a branch is one network trained on the shared
+batches (`tfbn.packed.PackedModel`), and measured as one or more trials
+(`Target`), each on its own test split: trials that differ only in the test
+split (``data.test_ratio``) share a training. Every trial keeps its own
+TensorBoard run, instruments and summary, exactly as if it had trained alone.
 
 Training runs ``train.steps`` steps as ``steps / eval_every`` Keras epochs of
-``eval_every`` steps each, so that Keras evaluates the test split (with BN's
-moving statistics, ``training=False``) exactly every ``eval_every`` steps.
+``eval_every`` steps each; after each, every trial is evaluated on its test
+split (BN with its moving statistics, and with each test batch's own
+statistics) by one compiled call over the in-memory test sets.
 """
 
 import contextlib
+import dataclasses
 import math
 import time
 
 import keras
 
-from tfbn.callbacks import BatchStatisticsEvaluation, StepMetrics, build_instruments
-from tfbn.data import make_datasets
+from tfbn.callbacks import StepMetrics, build_instruments
+from tfbn.data import load_data, training_indices
 from tfbn.errors import DataError
 from tfbn.models import build_mlp
+from tfbn.packed import PackEvaluation, PackedModel
 
 # Keras runs this many steps per call into the graph; per-step Python dispatch
 # dominates an MLP this small (about 30x slower without it on 2 CPU cores).
-MAX_STEPS_PER_EXECUTION = 32
+MAX_STEPS_PER_EXECUTION = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One trial measured on a branch of a pack.
+
+    Attributes:
+        config: The trial's `tfbn.config.Config`; its ``data`` section gives the
+            test split. The first target of a branch also gives the network,
+            the optimiser and the training batches.
+        log_dir: The trial's run directory.
+        callbacks: Further Keras callbacks of this trial (`tfbn.callbacks.Progress`).
+    """
+
+    config: object
+    log_dir: str
+    callbacks: tuple = ()
 
 
 def build_model(config, data):
@@ -64,36 +90,134 @@ def train_trial(config, data, log_dir, callbacks=(), strategy=None):
     Returns:
         A dict of the trial's results; see `summarise`.
     """
-    train = config.train
+    [[result]] = train_pack([[Target(config, log_dir, tuple(callbacks))]], strategy,
+                            datasets=[[data]])
+    return result
+
+
+def train_pack(branches, strategy=None, on_result=None, datasets=None):
+    """Trains the branches of a pack together and summarises each trial.
+
+    Args:
+        branches: A list of branches, each a list of `Target`s. All branches
+            must share the data stream: the training data, ``train.seed``,
+            ``batch_size``, ``steps`` and ``eval_every``.
+        strategy: A `tf.distribute.Strategy` to build and train under, or None.
+        on_result: Called as ``on_result(target, result)`` for each trial as
+            soon as its branch has finished (or diverged).
+        datasets: Per branch and target, the `tfbn.data.Data` to use; loaded
+            from each target's ``data`` section when None.
+
+    Returns:
+        Per branch, per target, the result dict of `summarise`.
+    """
+    lead = branches[0][0].config
+    train = lead.train
+    if datasets is None:
+        datasets = [[load_data(target.config.data) for target in targets] for targets in branches]
+    data = datasets[0][0]
     if train.batch_size > len(data.y_train):
         raise DataError(f"train.batch_size {train.batch_size} exceeds the {len(data.y_train)} "
                         "training examples; lower the batch size")
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model = build_model(config, data)
+        model = PackedModel([build_model(targets[0].config, data) for targets in branches],
+                            [build_optimizer(targets[0].config.train) for targets in branches],
+                            data.x_train, data.y_train)
+        # Keras 3.15 fails under MirroredStrategy with more than one step per
+        # execution ("You must feed a value for placeholder tensor").
+        mirrored = strategy is not None and strategy.num_replicas_in_sync > 1
         model.compile(
-            optimizer=build_optimizer(train),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            # Keras 3.15 fails under MirroredStrategy with more than one step per
-            # execution ("You must feed a value for placeholder tensor").
-            steps_per_execution=(1 if strategy and strategy.num_replicas_in_sync > 1
-                                 else steps_per_execution(train.eval_every)),
+            optimizer=None,  # each branch has its own
+            steps_per_execution=1 if mirrored else steps_per_execution(train.eval_every),
+            # XLA fuses a step's many small operations: about a third less CPU time.
+            jit_compile=not mirrored,
         )
-    train_ds, test_ds = make_datasets(data, train.batch_size, train.seed, train.eval_batch_size)
-    metrics = StepMetrics(log_dir)
-    evaluations = [BatchStatisticsEvaluation(test_ds)] if config.model.bn != "none" else []
-    start = time.monotonic()
+    splits = [[(d.x_test, d.y_test) for d in branch_data] for branch_data in datasets]
+    driver = _PackDriver(branches, datasets, PackEvaluation(model, splits, train.eval_batch_size),
+                         on_result)
     model.fit(
-        train_ds,
+        training_indices(len(data.y_train), train.batch_size, train.seed),
         steps_per_epoch=train.eval_every,
         epochs=train.steps // train.eval_every,
-        validation_data=test_ds,
-        callbacks=[keras.callbacks.TerminateOnNaN(), *evaluations, metrics,
-                   *build_instruments(config.log, log_dir, data.x_test), *callbacks],
+        callbacks=[driver],
         shuffle=False,  # the pipeline shuffles, seeded
         verbose=0,
     )
-    return summarise(metrics.history, train.steps, train.threshold, time.monotonic() - start)
+    return driver.results
+
+
+class _PackDriver(keras.callbacks.Callback):
+    """Runs each trial's own callbacks on its branch, with its own logs.
+
+    Keras's callbacks see one model; here each trial's `StepMetrics`,
+    instruments and further callbacks get the branch network as their model
+    (a `keras.callbacks.CallbackList` per trial), and epoch logs made of the
+    branch's training totals and the trial's test metrics.
+    """
+
+    def __init__(self, branches, datasets, evaluation, on_result):
+        super().__init__()
+        self.branches = branches
+        self.datasets = datasets
+        self.evaluation = evaluation
+        self.on_result = on_result
+        self.results = [[None] * len(targets) for targets in branches]
+        self._lists = None
+        self._metrics = None
+        self._running = None
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+        self._metrics = [[StepMetrics(t.log_dir) for t in targets] for targets in self.branches]
+        self._lists = [
+            [keras.callbacks.CallbackList(
+                [metrics, *build_instruments(t.config.log, t.log_dir, d.x_test), *t.callbacks],
+                model=network)
+             for t, d, metrics in zip(targets, branch_data, branch_metrics)]
+            for targets, branch_data, branch_metrics, network
+            in zip(self.branches, self.datasets, self._metrics, self.model.branches)]
+        self._running = list(range(len(self.branches)))
+        for i in self._running:
+            for callbacks in self._lists[i]:
+                callbacks.on_train_begin()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.reset_totals()
+
+    def on_train_batch_end(self, batch, logs=None):
+        for i in self._running:
+            for callbacks in self._lists[i]:
+                callbacks.on_train_batch_end(batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        totals = self.model.totals.numpy()
+        alive = self.model.alive.numpy()
+        measured = self.evaluation()
+        for i in list(self._running):
+            loss, correct, count = totals[i]
+            train_logs = {"loss": loss / count, "accuracy": correct / count}
+            for callbacks, test_logs in zip(self._lists[i], measured[i]):
+                callbacks.on_epoch_end(epoch, {**train_logs, **test_logs})
+            if not alive[i]:
+                self._finish(i)
+        if not self._running:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        for i in list(self._running):
+            self._finish(i)
+
+    def _finish(self, i):
+        self._running.remove(i)
+        seconds = time.monotonic() - self._start
+        for j, (target, callbacks, metrics) in enumerate(
+                zip(self.branches[i], self._lists[i], self._metrics[i])):
+            callbacks.on_train_end()
+            train = target.config.train
+            self.results[i][j] = summarise(metrics.history, train.steps, train.threshold, seconds)
+            if self.on_result:
+                self.on_result(target, self.results[i][j])
 
 
 def summarise(history, steps, threshold, seconds):

@@ -12,8 +12,9 @@ class BatchStatisticsEvaluation(keras.callbacks.Callback):
     Some studies (the 2017 course project among them) evaluated with the
     statistics of the test batch itself, which makes a skewed test batch change
     its own normalization; this callback measures that second mode so both can
-    be compared. BN's moving statistics are restored afterwards, so training
-    is unaffected. Place it before `tfbn.callbacks.StepMetrics`, which logs it.
+    be compared. Every non-trainable variable (BN's moving statistics, Batch
+    Renormalization's step counter) is restored afterwards, so training is
+    unaffected. Place it before `tfbn.callbacks.StepMetrics`, which logs it.
 
     Args:
         test: A `tf.data.Dataset` of ``(x, y)`` test batches; each batch is
@@ -28,9 +29,9 @@ class BatchStatisticsEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        moving = [v for layer in self.model.layers
-                  if isinstance(layer, keras.layers.BatchNormalization)
-                  for v in (layer.moving_mean, layer.moving_variance)]
+        # Every non-trainable variable: BN's moving statistics, and Batch
+        # Renormalization's step counter too, which training mode advances.
+        moving = self.model.non_trainable_variables
         saved = [v.numpy() for v in moving]
         if self._forward is None:
             self._forward = tf.function(lambda x: self.model(x, training=True))

@@ -49,8 +49,12 @@ def _load_source(source, name, data_dir, path):
     return load_tfds(name, data_dir)
 
 
+@functools.lru_cache(maxsize=16)
 def load_data(data_config):
     """Loads the data set a `tfbn.config.DataConfig` names and keeps its classes.
+
+    Cached: the trials of a study that select the same data get the same
+    arrays, which lets trials packed together share their test splits.
 
     Returns:
         A `Data` whose labels are ``0..num_classes-1``.
@@ -63,22 +67,44 @@ def load_data(data_config):
     return Data(x_train, y_train, x_test, y_test, len(classes))
 
 
+def training_batches(data, batch_size, seed):
+    """The training pipeline: shuffled with ``seed``, repeated, in whole batches.
+
+    It reshuffles the whole training split every pass with ``seed``, repeats
+    forever and drops the last partial batch, so runs with the same seed see
+    the same batches in the same order.
+    """
+    return (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
+            .shuffle(len(data.y_train), seed=seed, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def training_indices(num_examples, batch_size, seed):
+    """Batches of indices into the training split, in `training_batches`'s order.
+
+    The shuffle draws the same permutation whatever the elements are, so
+    gathering these indices from the training arrays gives exactly the
+    batches of `training_batches`; `tfbn.packed.PackedModel` trains on them,
+    which spares the pipeline from copying every image.
+    """
+    return (tf.data.Dataset.range(num_examples)
+            .shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
 def make_datasets(data, batch_size, seed, eval_batch_size=1000):
     """Builds the training and test pipelines.
 
-    The training pipeline reshuffles the whole training split every pass with
-    ``seed``, repeats forever and drops the last partial batch, so runs with
-    the same seed see the same batches in the same order.
-
     Returns:
-        ``(train, test)`` `tf.data.Dataset`s of ``(x, y)`` batches.
+        ``(train, test)`` `tf.data.Dataset`s of ``(x, y)`` batches: the
+        training batches of `training_batches` and the test split in batches
+        of ``eval_batch_size``.
     """
-    train = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-             .shuffle(len(data.y_train), seed=seed, reshuffle_each_iteration=True)
-             .repeat()
-             .batch(batch_size, drop_remainder=True)
-             .prefetch(tf.data.AUTOTUNE))
     test = (tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test))
             .batch(eval_batch_size)
             .prefetch(tf.data.AUTOTUNE))
-    return train, test
+    return training_batches(data, batch_size, seed), test

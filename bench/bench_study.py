@@ -1,0 +1,141 @@
+"""Speed of tfbn's studies against plain Keras, side by side in one run.
+
+    python bench/bench_study.py --data /usr/share/datasets/fashion-mnist
+    python bench/bench_study.py --data DIR --quick     # 500 steps, batch 64 only
+
+On the four IDX files in DIR (Fashion-MNIST or MNIST), prints:
+
+1. **The 15-point study end to end**: 5 activations x BN none/before/after of the
+   784-100-100-10 MLP (SGD 0.01, batch 64, ``--steps`` steps, evaluation every
+   100), run as ``python -m tfbn.run`` with its instruments at their defaults and
+   its report, against ``bench/plain_keras_study.py``, the plain-Keras script that
+   trains the same 15 networks one after another with `fit` and its validation.
+   Wall times (process start to exit), their ratio and each process's peak
+   resident memory.
+2. **Throughput per trial**, in this process: the plain-Keras peer (the same
+   network and evaluation schedule written the obvious way: `fit`,
+   ``steps_per_execution=32``, an in-memory pipeline, validation every 100 steps),
+   a solo tfbn trial (`tfbn.training.train_pack` with one branch, instruments at
+   their defaults) and packs of 3 and 15 branches (the BN arms x activations),
+   at batch 4, 64 and 256. Each figure is ``--steps`` steps over the wall time of
+   the whole call, graph tracing included; packs as trial-steps/s (steps x
+   branches), and each as a ratio to the peer at the same batch size.
+
+The machine may be shared: the variants run interleaved, and ``--repeats`` runs
+the whole sequence again so that the spread shows.
+"""
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ACTIVATIONS = ("sigmoid", "relu", "tanh", "softplus", "lrelu")
+ARMS = ("none", "before", "after")
+
+
+def run_process(command, log_path):
+    """Runs a command; returns its wall seconds and peak resident memory in MiB."""
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+    if status:
+        sys.exit(f"{command[:4]} failed; see {log_path}")
+    return time.monotonic() - start, usage.ru_maxrss / 1024
+
+
+def end_to_end(data, steps, folder):
+    factors = f"{{activation: [{', '.join(ACTIVATIONS)}], bn: [{', '.join(ARMS)}]}}"
+    tfbn_command = [sys.executable, "-m", "tfbn.run", "--config", "configs/quickstart.yaml"]
+    for override in ("data.source=idx", f"data.path={data}", f"train.steps={steps}",
+                     "train.eval_every=100", "train.threshold=0.8", f"log.dir={folder}",
+                     "experiment=bench_15_points", f"study.factors={factors}"):
+        tfbn_command += ["--set", override]
+    plain_command = [sys.executable, str(ROOT / "bench" / "plain_keras_study.py"), str(data),
+                     "--steps", str(steps)]
+    tfbn_result = run_process(tfbn_command + ["--restart"], folder / "tfbn.log")
+    plain_result = run_process(plain_command, folder / "plain.log")
+    return tfbn_result, plain_result
+
+
+def throughput(data, steps, batch_sizes, folder):
+    """Rows (batch, variant, trials, steps/s, trial-steps/s) measured in this process."""
+    import keras
+
+    from tfbn.config import load_config
+    from tfbn.data import load_data
+    from tfbn.study import apply_factors, run_name
+    from tfbn.training import Target, train_pack
+    sys.path.insert(0, str(ROOT / "bench"))
+    from plain_keras_study import network
+
+    base = load_config(ROOT / "configs" / "quickstart.yaml", [
+        "data.source=idx", f"data.path={data}", f"train.steps={steps}", "train.eval_every=100"])
+    dataset = load_data(base.data)
+    points = [{"bn": bn, "activation": act} for act in ACTIVATIONS for bn in ARMS]
+    rows = []
+    for batch in batch_sizes:
+        config = apply_factors(base, {"batch_size": batch})
+        import tensorflow as tf
+        train = (tf.data.Dataset.from_tensor_slices((dataset.x_train, dataset.y_train))
+                 .shuffle(len(dataset.y_train), seed=0).repeat().batch(batch, drop_remainder=True)
+                 .prefetch(tf.data.AUTOTUNE))
+        start = time.monotonic()
+        model = network("sigmoid", "before")
+        model.compile(keras.optimizers.SGD(0.01),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"], steps_per_execution=32)
+        model.fit(train, steps_per_epoch=100, epochs=steps // 100,
+                  validation_data=(dataset.x_test, dataset.y_test), verbose=0)
+        peer = steps / (time.monotonic() - start)
+        rows.append((batch, "plain-Keras peer (fit + validation)", 1, peer, peer, 1.0))
+        for count, label in ((1, "tfbn solo trial"), (3, "tfbn pack"), (15, "tfbn pack")):
+            chosen = [{"bn": "before", "activation": "sigmoid"}] if count == 1 else points[:count]
+            branches = [[Target(apply_factors(config, p),
+                                str(folder / f"bs{batch}_n{count}" / run_name(p)))]
+                        for p in chosen]
+            start = time.monotonic()
+            train_pack(branches)
+            rate = steps / (time.monotonic() - start)
+            rows.append((batch, label, count, rate, rate * count, rate * count / peer))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="folder of the four IDX files")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="500 steps, batch 64 only")
+    args = parser.parse_args()
+    steps = 500 if args.quick else args.steps
+    batch_sizes = (64,) if args.quick else (4, 64, 256)
+    print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, {steps} steps")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp)
+        for repeat in range(args.repeats):
+            (tfbn_s, tfbn_mib), (plain_s, plain_mib) = end_to_end(args.data, steps, folder)
+            print(f"\n15-point study end to end ({steps} steps per point), repeat {repeat + 1}:")
+            print(f"  python -m tfbn.run (instruments, report)  {tfbn_s:7.1f} s   "
+                  f"peak RSS {tfbn_mib:6.0f} MiB")
+            print(f"  plain-Keras script (15 x fit)            {plain_s:7.1f} s   "
+                  f"peak RSS {plain_mib:6.0f} MiB")
+            print(f"  tfbn speed / plain-Keras speed: {plain_s / tfbn_s:.2f}x")
+            print("\nthroughput (wall time of each whole call, tracing included):")
+            print(f"  {'batch':>5}  {'variant':38s} {'trials':>6} {'steps/s':>8} "
+                  f"{'trial-steps/s':>13} {'x peer':>7}")
+            for batch, label, count, rate, trial_rate, ratio in throughput(
+                    args.data, steps, batch_sizes, folder):
+                print(f"  {batch:5d}  {label:38s} {count:6d} {rate:8.0f} {trial_rate:13.0f} "
+                      f"{ratio:7.2f}")
+    import resource
+    print(f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The obvious plain-Keras script for a small study: one `fit` per design point.
+
+    python bench/plain_keras_study.py DIR [--steps 2000] [--activations sigmoid relu ...]
+
+Trains the 784-100-100-10 MLP of the course project (SGD 0.01, batch 64) for
+every activation and BN arm (none, before, after), one network after another,
+each with `fit`, ``steps_per_execution=32``, an in-memory `tf.data` pipeline and
+validation on the whole test split every 100 steps, on the IDX files in DIR.
+`bench/bench_study.py` times it beside ``python -m tfbn.run`` on the same study.
+"""
+
+import argparse
+import gzip
+import pathlib
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def read_idx(path):
+    with gzip.open(path) as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def network(activation, bn):
+    layers = [keras.Input((784,))]
+    for _ in range(2):
+        layers.append(keras.layers.Dense(100, use_bias=bn != "before"))
+        if bn == "before":
+            layers.append(keras.layers.BatchNormalization(momentum=0.999, epsilon=1e-3))
+        layers.append(keras.layers.LeakyReLU(0.2) if activation == "lrelu"
+                      else keras.layers.Activation(activation))
+        if bn == "after":
+            layers.append(keras.layers.BatchNormalization(momentum=0.999, epsilon=1e-3))
+    layers.append(keras.layers.Dense(10))
+    return keras.Sequential(layers)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--activations", nargs="+",
+                        default=["sigmoid", "relu", "tanh", "softplus", "lrelu"])
+    args = parser.parse_args()
+    folder = pathlib.Path(args.data)
+    x_train = read_idx(folder / "train-images-idx3-ubyte.gz").reshape(-1, 784) / np.float32(255)
+    y_train = read_idx(folder / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    x_test = read_idx(folder / "t10k-images-idx3-ubyte.gz").reshape(-1, 784) / np.float32(255)
+    y_test = read_idx(folder / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+    train = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+             .shuffle(len(y_train), seed=0).repeat().batch(64, drop_remainder=True)
+             .prefetch(tf.data.AUTOTUNE))
+    for activation in args.activations:
+        for bn in ("none", "before", "after"):
+            start = time.monotonic()
+            model = network(activation, bn)
+            model.compile(keras.optimizers.SGD(0.01),
+                          keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=["accuracy"], steps_per_execution=32)
+            history = model.fit(train, steps_per_epoch=100, epochs=args.steps // 100,
+                                validation_data=(x_test, y_test), verbose=0)
+            print(f"{activation:8s} {bn:6s} test acc {history.history['val_accuracy'][-1]:.4f}  "
+                  f"{time.monotonic() - start:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Packed trials: the plan, and branches that train exactly as they would alone."""
+
+import csv
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util.tensor_util import make_ndarray
+
+import tfbn
+from tfbn.config import load_config
+from tfbn.data import load_data, training_batches, training_indices
+from tfbn.packed import PackEvaluation, PackedModel
+from tfbn.packing import plan_packs
+from tfbn.study import apply_factors, design_points, run_name
+from tfbn.sweep import run_study
+from tfbn.training import Target, build_optimizer, train_pack
+
+QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+COURSE_STUDY = str(pathlib.Path(__file__).parent.parent / "configs" / "course2017_study.yaml")
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0}).Reload()
+    return {tag: [(e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+            for tag in events.Tags()["tensors"]
+            if events.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+# The plan.
+
+def test_that_the_course_study_packs_each_seed_by_batch_size_and_shares_test_ratios():
+    config = load_config(COURSE_STUDY, ["data.source=digits", "data.classes=[0,1]",
+                                        "data.max_train_per_class=null"])
+    points = design_points(config)
+    packs = plan_packs(config, points)
+    assert sorted(p for pack in packs for p in map(run_name, pack.points)) == sorted(
+        map(run_name, points))
+    # Per seed: batch 64 holds the base point, 4 other activations and Adam, in 3 arms;
+    # batch sizes 4, 16 and 256 hold 3 arms each.
+    assert sorted(len(pack.branches) for pack in packs) == [3] * 9 + [18] * 3
+    for pack in packs:
+        assert len({(p.get("seed", 0), p.get("batch_size", 64)) for p in pack.points}) == 1
+    # The 4 test ratios of a base point are one branch: 9 trainings of 12 points per arm and seed.
+    trainings = [branch for pack in packs for branch in pack.branches]
+    assert len(trainings) == 81 and len(points) == 108
+    shared = [branch for branch in trainings if len(branch) > 1]
+    assert len(shared) == 9 and all(
+        sorted(p["test_ratio"] for p in branch) == ["1:1", "1:19", "1:9", "1:99"]
+        for branch in shared)
+
+
+def test_that_pack_off_and_a_maximum_bound_the_branches():
+    config = load_config(QUICKSTART, ["study.factors={bn: [none, before, after], seed: [0, 1]}"])
+    points = design_points(config)
+    sizes = {setting: [len(pack.branches) for pack in plan_packs(
+        load_config(QUICKSTART, [f"study.factors={{bn: [none, before, after], seed: [0, 1]}}",
+                                 f"train.pack={setting}"]), points)]
+             for setting in ("auto", "off", 2)}
+    # Ordered by their first point: (none, 0), (none, 1), (after, 0), (after, 1).
+    assert sizes == {"auto": [3, 3], "off": [1] * 6, 2: [2, 2, 1, 1]}
+
+
+# Training.
+
+def test_that_index_batches_gather_exactly_the_batches_of_the_element_pipeline():
+    data = load_data(load_config(QUICKSTART).data)
+    for seed in (0, 3):
+        batches = iter(training_batches(data, 64, seed))
+        indices = iter(training_indices(len(data.y_train), 64, seed))
+        for _ in range(25):  # more than one pass over the 1,297 training examples
+            x, y = next(batches)
+            i = next(indices).numpy()
+            np.testing.assert_array_equal(x.numpy(), data.x_train[i])
+            np.testing.assert_array_equal(y.numpy(), data.y_train[i])
+
+
+MIXED = [{"bn": "none", "activation": "sigmoid"}, {"bn": "before", "activation": "relu"},
+         {"bn": "after", "activation": "tanh"}, {"bn": "renorm", "activation": "sigmoid"}]
+
+
+def test_that_a_packed_branch_trains_as_its_solo_run(tmp_path):
+    config = load_config(QUICKSTART, ["train.steps=2000", "train.eval_every=100",
+                                      "log.instruments=[gradients]", "log.gradients_every=100"])
+    packed = train_pack([[Target(apply_factors(config, p), str(tmp_path / "pack" / run_name(p)))]
+                         for p in MIXED])
+    for point, [result] in zip(MIXED, packed):
+        [[solo]] = train_pack([[Target(apply_factors(config, point),
+                                       str(tmp_path / "solo" / run_name(point)))]])
+        assert result["status"] == solo["status"] == "ok"
+        assert abs(result["final_accuracy"] - solo["final_accuracy"]) <= 0.002, point
+        pack_norms = scalars(tmp_path / "pack" / run_name(point))
+        solo_norms = scalars(tmp_path / "solo" / run_name(point))
+        for layer in ("dense_1", "dense_2", "logits"):
+            [(step, norm)] = [s for s in pack_norms[f"grad_norm/{layer}"] if s[0] == 100]
+            [(_, alone)] = [s for s in solo_norms[f"grad_norm/{layer}"] if s[0] == 100]
+            assert norm == pytest.approx(alone, rel=1e-4), (point, layer)
+        # The same batches: the training loss of the first period agrees closely.
+        assert pack_norms["loss/train"][0][1] == pytest.approx(solo_norms["loss/train"][0][1],
+                                                               rel=1e-4)
+
+
+def test_that_a_packed_branch_takes_the_gradient_of_its_own_loss_with_its_own_optimizer():
+    data = load_data(load_config(QUICKSTART).data)
+    config = load_config(QUICKSTART)
+    adam = apply_factors(config, {"optimizer": "adam", "learning_rate": 0.003})
+    networks = [tfbn.build_mlp((64,), 10, (20,), "sigmoid", bn, seed=1) for bn in ("none", "before")]
+    copies = [tfbn.build_mlp((64,), 10, (20,), "sigmoid", bn, seed=1) for bn in ("none", "before")]
+    model = PackedModel(networks, [build_optimizer(config.train), build_optimizer(adam.train)],
+                        data.x_train, data.y_train)
+    indices = tf.constant(np.arange(32))
+    x, y = data.x_train[:32], data.y_train[:32]
+    model.train_step(indices)
+    for network, copy, lr, kind in zip(networks, copies, (0.01, 0.003), ("sgd", "adam")):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                y, copy(x, training=True), from_logits=True))
+        gradients = tape.gradient(loss, copy.trainable_variables)
+        for before, gradient, after in zip(copy.trainable_variables, gradients,
+                                           network.trainable_variables):
+            g = gradient.numpy()
+            # Adam's first step: lr * sqrt(1 - b2) / (1 - b1) * m / (sqrt(v) + eps) with
+            # m = (1 - b1) g and v = (1 - b2) g^2, that is lr * g / (|g| + eps / sqrt(1 - b2)).
+            step = 0.01 * g if kind == "sgd" else lr * g / (np.abs(g) + 1e-7 / np.sqrt(1 - 0.999))
+            np.testing.assert_allclose(after.numpy(), before.numpy() - step, atol=2e-6)
+        np.testing.assert_allclose(network.kernel_gradients["dense_1"].numpy(),
+                                   gradients[0].numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.totals.numpy()[:, 2], [32, 32])
+
+
+@pytest.mark.parametrize("bn", ["before", "after", "renorm"])
+def test_that_evaluation_with_batch_statistics_changes_no_variable(bn):
+    data = load_data(load_config(QUICKSTART).data)
+    network = tfbn.build_mlp((64,), 10, (20, 20), "sigmoid", bn, seed=1)
+    model = PackedModel([network], [build_optimizer(load_config(QUICKSTART).train)],
+                        data.x_train, data.y_train)
+    for _ in range(3):
+        model.train_step(tf.constant(np.arange(64)))
+    before = [v.numpy().copy() for v in network.variables]
+    [[measured]] = PackEvaluation(model, [[(data.x_test, data.y_test)]], 100)()
+    assert [v.path for v in network.variables] and all(
+        np.array_equal(a, v.numpy()) for a, v in zip(before, network.variables))
+    # Batch statistics of 5 batches of 100: the same as calling the network in
+    # training mode on each batch, which does change the moving statistics.
+    logits = np.concatenate([network(data.x_test[s:s + 100], training=True).numpy()
+                             for s in range(0, 500, 100)])
+    assert measured["val_accuracy_batch_stats"] == pytest.approx(
+        np.mean(logits.argmax(1) == data.y_test), abs=1e-12)
+    assert measured["val_accuracy"] == pytest.approx(
+        np.mean(network(data.x_test).numpy().argmax(1) == data.y_test), abs=1e-12)
+
+
+# Through the sweep.
+
+def read_rows(experiment):
+    with open(experiment / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_that_packing_on_and_off_give_the_same_rows(tmp_path):
+    rows = {}
+    for pack in ("auto", "off"):
+        config = load_config(QUICKSTART, [
+            f"log.dir={tmp_path / pack}", "train.steps=300", "log.instruments=[]",
+            "study.factors={bn: [none, before, renorm], activation: [sigmoid, relu]}",
+            f"train.pack={pack}"])
+        rows[pack] = run_study(config, quiet=True)
+    assert [row["run"] for row in rows["auto"]] == [row["run"] for row in rows["off"]]
+    assert len({row["trial"] for row in rows["auto"]}) == 1
+    assert len({row["trial"] for row in rows["off"]}) == 6
+    for packed, alone in zip(rows["auto"], rows["off"]):
+        assert packed["status"] == alone["status"] == "ok"
+        for column in ("final_accuracy", "best_accuracy", "final_accuracy_batch_stats"):
+            if alone[column]:
+                assert float(packed[column]) == pytest.approx(float(alone[column]), abs=0.002)
+        assert packed["steps_to_threshold"] == alone["steps_to_threshold"]
+
+
+def test_that_points_differing_only_in_test_ratio_share_one_training_with_their_own_rows(tmp_path):
+    config = load_config(QUICKSTART, [
+        f"log.dir={tmp_path}", "train.steps=200", "log.instruments=[weights, percentiles]",
+        "data.classes=[0, 1]", "data.train_ratio='1:1'", "data.test_ratio='1:1'",
+        "study.factors={test_ratio: ['1:1', '1:3'], bn: [none, before]}"])
+    rows = run_study(config, quiet=True)
+    experiment = tmp_path / "quickstart"
+    assert [row["run"] for row in rows] == [
+        "dist=1:1,bn=none", "dist=1:1,bn=before", "dist=1:3,bn=none", "dist=1:3,bn=before"]
+    runs = {row["run"]: scalars(experiment / row["run"]) for row in rows}
+    for bn in ("none", "before"):
+        even, skewed = runs[f"dist=1:1,bn={bn}"], runs[f"dist=1:3,bn={bn}"]
+        # One training: the same training curve and weights in both runs...
+        assert even["loss/train"] == skewed["loss/train"]
+        assert even["weight_norm/dense_1"] == skewed["weight_norm/dense_1"]
+        # ...measured on two different test splits.
+        assert even["accuracy/test"] != skewed["accuracy/test"]
+        assert even["percentiles/act_1/all/p50"] != skewed["percentiles/act_1/all/p50"]
+    splits = {ratio: load_data(apply_factors(config, {"test_ratio": ratio}).data)
+              for ratio in ("1:1", "1:3")}
+    assert len(splits["1:1"].y_test) != len(splits["1:3"].y_test)

@@ -1,0 +1,213 @@
+"""Several `tfbn.build_mlp` networks trained as branches of one Keras model.
+
+A network this small leaves most of a training step to per-operation overhead,
+so networks that see the same batches train faster in one graph than one after
+another. `PackedModel` holds the branches, feeds each training batch to all of
+them and minimises the sum of their losses. The gradient of that sum with
+respect to a branch's variables is exactly the gradient of the branch's own
+loss, and each branch has an optimizer of its own, so every branch takes
+exactly the updates it would take alone.
+
+A branch whose training loss becomes NaN or infinite is frozen: from that step
+on its gradients are replaced by zeros, and the other branches train on.
+
+`PackEvaluation` measures every branch on its test splits in one compiled call.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfbn.instruments import has_batch_norm
+
+_TRAIN_TOTALS = 3  # loss summed over examples, correct predictions, examples
+
+
+class PackedModel(keras.Model):
+    """Branches fed the same batches, each with its own optimizer.
+
+    The model is fed batches of indices into the training split, which it
+    holds in memory and gathers from: `tfbn.data.training_indices`.
+
+    The first Dense layers of all branches see the same batch, so they run as
+    one matrix product of the batch with the branches' kernels side by side
+    (one large product is several times faster than many small ones on a CPU);
+    each branch's kernel stays its own variable and gets its own gradient.
+
+    Args:
+        branches: `tfbn.models.MLP` networks; each keeps the gradients its
+            optimizer applied (``kernel_gradients``), as when trained alone.
+        optimizers: One unbuilt Keras optimizer per branch; the branch also
+            gets it as its ``optimizer`` attribute, so that callbacks given the
+            branch as their model read its own step count.
+        x_train: The training inputs, a NumPy array.
+        y_train: Their integer labels.
+
+    Attributes:
+        alive: Bool variable ``[branches]``: False once a branch's loss was not finite.
+        totals: Float variable ``[branches, 3]``: per branch, the training loss
+            summed over examples, the correct predictions and the examples since
+            the last `reset_totals`.
+    """
+
+    def __init__(self, branches, optimizers, x_train, y_train, **kwargs):
+        super().__init__(**kwargs)
+        self.branches = list(branches)
+        self.branch_optimizers = list(optimizers)
+        for branch, optimizer in zip(self.branches, self.branch_optimizers):
+            optimizer.build(branch.trainable_variables)
+            branch.optimizer = optimizer
+        self.first_layers = [branch.get_layer("dense_1") for branch in self.branches]
+        # The rest of each branch after its first Dense layer: the same layers and variables.
+        self.tails = [keras.Model(first.output, branch.output, name=f"{branch.name}_tail")
+                       for first, branch in zip(self.first_layers, self.branches)]
+        self._x_train = tf.constant(x_train)
+        self._y_train = tf.constant(y_train)
+        count = len(self.branches)
+        # Its branches are built; Keras must not build it by calling it on index batches.
+        self.built = True
+        self.alive = tf.Variable(tf.ones([count], tf.bool), trainable=False, name="alive",
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.totals = tf.Variable(tf.zeros([count, _TRAIN_TOTALS], tf.float64), trainable=False,
+                                  name="totals", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def call(self, x, training=False):
+        return [branch(x, training=training) for branch in self.branches]
+
+    def reset_totals(self):
+        self.totals.assign(tf.zeros_like(self.totals))
+
+    def train_step(self, indices):
+        x, y = tf.gather(self._x_train, indices), tf.gather(self._y_train, indices)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            logits = self._training_logits(x)
+            # Per example; each replica's mean is divided by the replicas, whose
+            # gradients the optimizers sum, as Keras's own loss scaling does.
+            losses = [keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True)
+                      for z in logits]
+            total = tf.add_n([tf.reduce_mean(loss) for loss in losses]) / replicas
+        variables = [branch.trainable_variables for branch in self.branches]
+        gradients = tape.gradient(total, variables)
+        step_totals = tf.stack([
+            tf.stack([tf.reduce_sum(tf.cast(loss, tf.float64)),
+                      tf.reduce_sum(tf.cast(tf.equal(tf.argmax(z, -1, output_type=y.dtype), y),
+                                            tf.float64)),
+                      tf.cast(tf.shape(y)[0], tf.float64)])
+            for loss, z in zip(losses, logits)])
+        context = tf.distribute.get_replica_context()
+        if context is not None and replicas > 1:
+            step_totals = context.all_reduce(tf.distribute.ReduceOp.SUM, step_totals)
+        alive = tf.logical_and(self.alive, tf.math.is_finite(step_totals[:, 0]))
+        self.alive.assign(alive)
+        self.totals.assign_add(step_totals)
+        for i, (branch, optimizer) in enumerate(zip(self.branches, self.branch_optimizers)):
+            kept = [tf.where(alive[i], g, tf.zeros_like(g)) for g in gradients[i]]
+            optimizer.apply_gradients(zip(kept, branch.trainable_variables))
+            branch.record_gradients(dict(zip((v.path for v in branch.trainable_variables), kept)))
+        return {"loss": total}
+
+    def _training_logits(self, x):
+        """Each branch's logits in training mode, its first layer in one shared product."""
+        kernels = [first.kernel for first in self.first_layers]
+        joint = tf.matmul(x, kernels[0] if len(kernels) == 1 else tf.concat(kernels, axis=1))
+        outputs = tf.split(joint, [first.units for first in self.first_layers], axis=1)
+        return [tail(z + first.bias if first.use_bias else z, training=True)
+                for tail, first, z in zip(self.tails, self.first_layers, outputs)]
+
+
+class PackEvaluation:
+    """Test loss and accuracy of every branch on its test splits, in one call.
+
+    Each split is measured with BN's moving statistics (inference) and, for
+    branches with BN, with each test batch of ``batch_size`` normalised by its
+    own statistics. The second mode runs BN in training mode statelessly: no
+    variable of any layer changes (BN's and Batch Renormalization's moving
+    statistics and step counters included).
+
+    As in training, the first Dense layers of all branches that share a test
+    split run as one product, and both modes share it (it comes before any BN).
+
+    Args:
+        model: A `PackedModel`.
+        splits: Per branch, a list of ``(x_test, y_test)`` NumPy arrays; the
+            same array objects for branches that share a split.
+        batch_size: Examples per batch of the batch-statistics mode.
+
+    Calling it returns, per branch, a list with one dict per split with
+    ``val_loss`` and ``val_accuracy`` (and ``val_loss_batch_stats`` and
+    ``val_accuracy_batch_stats`` with BN).
+    """
+
+    NAMES = ("val_loss", "val_accuracy", "val_loss_batch_stats", "val_accuracy_batch_stats")
+
+    def __init__(self, model, splits, batch_size):
+        self.model = model
+        self.batch_size = batch_size
+        self._shape = [len(branch) for branch in splits]
+        # Distinct test splits, each with the (branch, position) pairs that use it.
+        self._inputs, self._users, seen = [], [], {}
+        for i, branch in enumerate(splits):
+            for j, (x, y) in enumerate(branch):
+                if id(x) not in seen:
+                    seen[id(x)] = len(self._inputs)
+                    self._inputs.append((tf.constant(x), tf.constant(y)))
+                    self._users.append([])
+                self._users[seen[id(x)]].append((i, j))
+        self._batch_stats = [has_batch_norm(branch) for branch in model.branches]
+        # Not XLA: compiling this many branches takes longer than it saves.
+        self._measure = tf.function(self._measure_all)
+
+    def __call__(self):
+        measured = iter(self._measure().numpy())
+        results = [[None] * count for count in self._shape]
+        for users in self._users:
+            for i, j in users:
+                values = next(measured)
+                names = self.NAMES if self._batch_stats[i] else self.NAMES[:2]
+                results[i][j] = dict(zip(names, map(float, values)))
+        return results
+
+    def _measure_all(self):
+        out = []
+        for (x, y), users in zip(self._inputs, self._users):
+            firsts = [self.model.first_layers[i] for i, _ in users]
+            joint = tf.matmul(x, tf.concat([first.kernel for first in firsts], axis=1))
+            outputs = tf.split(joint, [first.units for first in firsts], axis=1)
+            for (i, _), first, z in zip(users, firsts, outputs):
+                z = z + first.bias if first.use_bias else z
+                tail = self.model.tails[i]
+                measures = _loss_and_accuracy([tail(z, training=False)], [y])
+                if self._batch_stats[i]:
+                    logits = _batch_statistics_logits(tail, z, self.batch_size)
+                    measures = tf.concat([measures, _loss_and_accuracy([logits], [y])], 0)
+                else:
+                    measures = tf.concat([measures, tf.fill([2], tf.constant(float("nan"), tf.float64))], 0)
+                out.append(measures)
+        return tf.stack(out)
+
+
+def _batch_statistics_logits(model, x, batch_size):
+    """Logits with BN normalising each batch of ``x`` by its own statistics, changing no variable."""
+    def logits(batch):
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        return model.stateless_call(trainable, non_trainable, batch, training=True)[0]
+
+    # The whole batches in one loop, so that the model is traced once, not once per batch.
+    whole = x.shape[0] // batch_size * batch_size
+    parts = []
+    if whole:
+        batches = tf.reshape(x[:whole], [whole // batch_size, batch_size, x.shape[1]])
+        parts.append(tf.reshape(tf.map_fn(logits, batches), [whole, -1]))
+    if whole < x.shape[0]:
+        parts.append(logits(x[whole:]))
+    return tf.concat(parts, 0)
+
+
+def _loss_and_accuracy(logits, labels):
+    """Mean cross-entropy and accuracy over batches of logits, as a [2] tensor."""
+    logits, labels = tf.concat(logits, 0), tf.concat(labels, 0)
+    loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    correct = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
+    return tf.stack([tf.reduce_mean(tf.cast(loss, tf.float64)),
+                     tf.reduce_mean(tf.cast(correct, tf.float64))])

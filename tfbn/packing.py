@@ -1,0 +1,78 @@
+"""Which design points train together: packs of branches, branches of trials.
+
+Points that share the data stream (the training data selected, ``train.seed``,
+``batch_size``, ``steps``, ``eval_every``) can train as branches of one
+`tfbn.packed.PackedModel`. Points that differ only in the test split
+(``data.test_ratio``) are one branch: one trained network, evaluated on each
+point's own test split. ``train.pack`` bounds the branches per pack.
+
+The plan is a pure function of the config, so a resumed study proposes the
+same packs in the same order: the design's order of each pack's first point.
+"""
+
+import dataclasses
+
+from tfbn.study import apply_factors, run_name
+
+# Branches per pack with `train.pack: auto`. bench/bench_study.py measures
+# trial-steps/s against the pack size; on 2 CPU cores the gain levels off
+# between 6 and 18 branches at batch 64, so the 18 branches of one seed of
+# the course project's study form a single pack.
+AUTO_BRANCHES = 18
+
+
+@dataclasses.dataclass(frozen=True)
+class Pack:
+    """Design points to train together.
+
+    Attributes:
+        branches: Tuple of branches, each a tuple of design points that
+            differ only in the test split and so share one training.
+    """
+
+    branches: tuple
+
+    @property
+    def points(self):
+        return [point for branch in self.branches for point in branch]
+
+    @property
+    def name(self):
+        """Names the pack by its trials' run names, e.g. ``bn=none+bn=before``."""
+        return "+".join(run_name(point) for point in self.points)
+
+
+def max_branches(pack_setting):
+    """Branches per pack for a ``train.pack`` value: ``auto``, ``off`` or a number."""
+    if pack_setting == "auto":
+        return AUTO_BRANCHES
+    if pack_setting == "off":
+        return 1
+    return pack_setting
+
+
+def plan_packs(config, points):
+    """Groups a study's design points into packs, in design order.
+
+    Args:
+        config: The study's `tfbn.config.Config`.
+        points: Its design points (`tfbn.study.design_points`).
+
+    Returns:
+        A list of `Pack`s that holds every point exactly once.
+    """
+    limit = max_branches(config.train.pack)
+    streams = {}  # stream key -> {branch key -> [points]}, both in first-seen order
+    for point in points:
+        trial = apply_factors(config, point)
+        data = dataclasses.replace(trial.data, test_ratio=None, max_test_per_class=None)
+        stream = (data, trial.train.seed, trial.train.batch_size, trial.train.steps,
+                  trial.train.eval_every)
+        network = (trial.model, trial.train)
+        streams.setdefault(stream, {}).setdefault(network, []).append(point)
+    packs = []
+    for branches in streams.values():
+        branches = [tuple(points) for points in branches.values()]
+        packs += [Pack(tuple(branches[i:i + limit])) for i in range(0, len(branches), limit)]
+    first = {run_name(point): position for position, point in enumerate(points)}
+    return sorted(packs, key=lambda pack: first[run_name(pack.points[0])])
