@@ -9,9 +9,10 @@ and the data section replaced by local IDX files (``--data``, Fashion-MNIST
 from Debian's ``dataset-fashion-mnist`` by default; MNIST files have the same
 shapes and cost). Its full wall time is then estimated as
 
-    measured wall time + sum over trials of (full steps - run steps) x seconds per step,
+    measured wall time + sum over packs of (full steps - run steps) x seconds per step,
 
-the seconds per step of a trial taken from the wall times of its TensorBoard
+a pack being the trials that train together (`tfbn.packing`), and its seconds per
+step those of its slowest trial, taken from the wall times of its TensorBoard
 ``loss/train`` events after the first evaluation, which leaves out the
 one-off graph tracing and includes the periodic evaluations and instrument
 writes. Instrument writes rarer than the shortened run (``jacobian_every``
@@ -55,7 +56,13 @@ def time_config(path, scale, data_dir, log_dir):
                    check=True, stdout=subprocess.DEVNULL)
     measured = time.monotonic() - start
     trials = load_study(os.path.join(log_dir, config.experiment)).trials
-    remaining = sum((config.train.steps - steps) * seconds_per_step(t.run_dir) for t in trials)
+    # Trials packed together (one keras-tuner trial, the ``trial`` column) share their
+    # wall time: a pack's remaining time is that of its slowest trial.
+    packs = {}
+    for t in trials:
+        rate = seconds_per_step(t.run_dir)
+        packs[t.row["trial"]] = max(packs.get(t.row["trial"], 0.0), rate)
+    remaining = sum((config.train.steps - steps) * rate for rate in packs.values())
     return len(trials), measured, measured + remaining
 
 

@@ -45,3 +45,19 @@ def test_that_batch_statistics_evaluation_matches_numpy_and_leaves_moving_statis
     inference_loss = keras.losses.sparse_categorical_crossentropy(
         y, model(x, training=False), from_logits=True).numpy().mean()
     assert abs(inference_loss - logs["val_loss_batch_stats"]) > 1e-3
+
+
+def test_that_batch_statistics_evaluation_restores_batch_renormalization_state_too():
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 6)).astype("float32")
+    y = rng.integers(0, 3, 40)
+    model = tfbn.build_mlp((6,), 3, (5,), "sigmoid", "renorm", seed=1)
+    model(x[:2])
+    before = [v.numpy().copy() for v in model.non_trainable_variables]
+    callback = BatchStatisticsEvaluation(tf.data.Dataset.from_tensor_slices((x, y)).batch(10))
+    callback.set_model(model)
+    callback.on_epoch_end(0, {})
+    # The step counter and moving statistics of Batch Renormalization included.
+    assert model.get_layer("bn_1").steps.numpy() == 0
+    for saved, variable in zip(before, model.non_trainable_variables):
+        np.testing.assert_array_equal(variable.numpy(), saved)

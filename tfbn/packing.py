@@ -14,10 +14,11 @@ import dataclasses
 
 from tfbn.study import apply_factors, run_name
 
-# Branches per pack with `train.pack: auto`. bench/bench_study.py measures
-# trial-steps/s against the pack size; on 2 CPU cores the gain levels off
-# between 6 and 18 branches at batch 64, so the 18 branches of one seed of
-# the course project's study form a single pack.
+# Branches per pack with `train.pack: auto`. On 2 CPU cores, in steady state (graph
+# traced, batch 64), the CPU time per branch-step fell from about 2.0 ms alone to 1.2 ms
+# in a pack of 6 and 0.9 ms in a pack of 15; bench/bench_study.py, whose 2,000-step
+# calls include tracing, favours 3 over 15 at batch 4 and 64 and 15 at batch 256.
+# 18 keeps the 18 branches of one seed of the course project's study in one pack.
 AUTO_BRANCHES = 18
 
 
