@@ -108,11 +108,16 @@ class PackedModel(keras.Model):
 
     def _training_logits(self, x):
         """Each branch's logits in training mode, its first layer in one shared product."""
-        kernels = [first.kernel for first in self.first_layers]
-        joint = tf.matmul(x, kernels[0] if len(kernels) == 1 else tf.concat(kernels, axis=1))
-        outputs = tf.split(joint, [first.units for first in self.first_layers], axis=1)
-        return [tail(z + first.bias if first.use_bias else z, training=True)
-                for tail, first, z in zip(self.tails, self.first_layers, outputs)]
+        return [tail(z, training=True)
+                for tail, z in zip(self.tails, first_layer_outputs(x, self.first_layers))]
+
+
+def first_layer_outputs(x, layers):
+    """The outputs of Dense ``layers`` that share the input ``x``, by one matrix product."""
+    kernels = [layer.kernel for layer in layers]
+    joint = tf.matmul(x, kernels[0] if len(kernels) == 1 else tf.concat(kernels, axis=1))
+    outputs = tf.split(joint, [layer.units for layer in layers], axis=1)
+    return [z + layer.bias if layer.use_bias else z for layer, z in zip(layers, outputs)]
 
 
 class PackEvaluation:
@@ -170,16 +175,13 @@ class PackEvaluation:
     def _measure_all(self):
         out = []
         for (x, y), users in zip(self._inputs, self._users):
-            firsts = [self.model.first_layers[i] for i, _ in users]
-            joint = tf.matmul(x, tf.concat([first.kernel for first in firsts], axis=1))
-            outputs = tf.split(joint, [first.units for first in firsts], axis=1)
-            for (i, _), first, z in zip(users, firsts, outputs):
-                z = z + first.bias if first.use_bias else z
+            outputs = first_layer_outputs(x, [self.model.first_layers[i] for i, _ in users])
+            for (i, _), z in zip(users, outputs):
                 tail = self.model.tails[i]
-                measures = _loss_and_accuracy([tail(z, training=False)], [y])
+                measures = _loss_and_accuracy(tail(z, training=False), y)
                 if self._batch_stats[i]:
                     logits = _batch_statistics_logits(tail, z, self.batch_size)
-                    measures = tf.concat([measures, _loss_and_accuracy([logits], [y])], 0)
+                    measures = tf.concat([measures, _loss_and_accuracy(logits, y)], 0)
                 else:
                     measures = tf.concat([measures, tf.fill([2], tf.constant(float("nan"), tf.float64))], 0)
                 out.append(measures)
@@ -205,8 +207,7 @@ def _batch_statistics_logits(model, x, batch_size):
 
 
 def _loss_and_accuracy(logits, labels):
-    """Mean cross-entropy and accuracy over batches of logits, as a [2] tensor."""
-    logits, labels = tf.concat(logits, 0), tf.concat(labels, 0)
+    """Mean cross-entropy and accuracy of logits, as a [2] tensor."""
     loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     correct = tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels)
     return tf.stack([tf.reduce_mean(tf.cast(loss, tf.float64)),
