@@ -3,40 +3,101 @@
 keras-tuner's own `TensorBoard` integration logs per epoch under its own folder
 layout; tfbn's runs are one folder per trial named from its factors, so the
 experiment description and each trial's session are written here directly.
+
+Every trial is its own session and its own session group, named
+``<experiment>/<run name>``: TensorBoard groups sessions by group name and
+averages their metrics, so trials of two studies with the same factor values
+must never share one (TensorBoard's default group name is a hash of the values).
 """
 
-import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams_api
+import time
 
+import tensorflow as tf
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import summary as hparams_summary
+from tensorboard.plugins.hparams import summary_v2 as hparams_v2
+
+# Summary metrics, written once per trial at its last step, and the curves
+# StepMetrics writes at every evaluation (the dashboard's "Show Metrics" draws them).
 METRICS = {
     "hparams/final_accuracy": "test accuracy at the last step (BN moving statistics)",
     "hparams/best_accuracy": "best test accuracy over the evaluations",
-    "hparams/steps_to_threshold": "first step reaching train.threshold (-1: never)",
+    "hparams/steps_to_threshold": "first evaluated step reaching train.threshold "
+                                  "(missing: never reached)",
     "hparams/diverged": "1 if the loss became NaN or infinite",
+    "accuracy/test": "test accuracy at each evaluation (BN moving statistics)",
+    "loss/test": "test cross-entropy at each evaluation (BN moving statistics)",
 }
 
+_STATUS = {"ok": api_pb2.STATUS_SUCCESS, "diverged": api_pb2.STATUS_FAILURE,
+           "failed": api_pb2.STATUS_FAILURE}
 
-def write_experiment(experiment_dir, levels):
+
+def dashboard_value(level):
+    """A factor level as the dashboard shows it: integers as their digits, not ``2.0000``."""
+    if isinstance(level, bool) or not isinstance(level, int):
+        return level
+    return str(level)
+
+
+def write_experiment(experiment_dir, levels, constants):
     """Describes the study's hyperparameters and metrics for the HParams dashboard.
 
     Args:
         experiment_dir: The folder holding all trials' runs.
-        levels: Dict from hyperparameter name to its list of levels.
+        levels: Dict from factor name to its levels in design order; each
+            level is listed once.
+        constants: Dict of settings that are the same in every trial; they go
+            in the experiment's description rather than in a column each.
     """
-    hparams = [hparams_api.HParam(name, hparams_api.Discrete(list(values)))
-               for name, values in levels.items()]
-    metrics = [hparams_api.Metric(tag, description=why) for tag, why in METRICS.items()]
-    with tf.summary.create_file_writer(experiment_dir).as_default():
-        hparams_api.hparams_config(hparams=hparams, metrics=metrics)
+    hparams = [hparams_v2.HParam(name, hparams_v2.Discrete(
+        list(dict.fromkeys(dashboard_value(level) for level in values))))
+        for name, values in levels.items()]
+    infos = []
+    for hparam in hparams:
+        info = api_pb2.HParamInfo(name=hparam.name)
+        hparam.domain.update_hparam_info(info)
+        infos.append(info)
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), description=why)
+               for tag, why in METRICS.items()]
+    description = "Constant in every trial: " + ", ".join(
+        f"{name}={value}" for name, value in constants.items()) if constants else ""
+    summary = hparams_summary.experiment_pb(infos, metrics, description=description)
+    _write(experiment_dir, summary)
 
 
-def write_trial(run_dir, values, result):
-    """Records a finished trial's hyperparameters and summary metrics in its run."""
+def start_trial(run_dir, group, values):
+    """Opens a trial's session: its factor values, shown as running until `end_trial`.
+
+    Args:
+        run_dir: The trial's run directory.
+        group: The session group name, unique across studies: ``<experiment>/<run name>``.
+        values: Dict from factor name to the trial's level.
+    """
+    values = {name: dashboard_value(level) for name, level in values.items()}
+    _write(run_dir, hparams_v2.hparams_pb(values, trial_id=group))
+
+
+def end_trial(run_dir, result):
+    """Closes a trial's session with its summary metrics and its real status.
+
+    A trial that never reached the threshold has no ``steps_to_threshold``
+    value (any number would sort among the real ones); a failed trial
+    (``status`` ``failed``) has only its status.
+    """
     with tf.summary.create_file_writer(run_dir).as_default():
-        hparams_api.hparams(values)
-        step = result["steps_run"]
-        tf.summary.scalar("hparams/final_accuracy", result["final_accuracy"], step=step)
-        tf.summary.scalar("hparams/best_accuracy", result["best_accuracy"], step=step)
-        reached = result["steps_to_threshold"]
-        tf.summary.scalar("hparams/steps_to_threshold", -1 if reached is None else reached, step=step)
-        tf.summary.scalar("hparams/diverged", float(result["status"] == "diverged"), step=step)
+        if result["status"] != "failed":
+            step = result["steps_run"]
+            tf.summary.scalar("hparams/final_accuracy", result["final_accuracy"], step=step)
+            tf.summary.scalar("hparams/best_accuracy", result["best_accuracy"], step=step)
+            if result["steps_to_threshold"] is not None:
+                tf.summary.scalar("hparams/steps_to_threshold", result["steps_to_threshold"],
+                                  step=step)
+            tf.summary.scalar("hparams/diverged", float(result["status"] == "diverged"), step=step)
+        end = hparams_summary.session_end_pb(_STATUS[result["status"]], end_time_secs=time.time())
+        tf.summary.experimental.write_raw_pb(end.SerializeToString(), step=0)
+
+
+def _write(log_dir, summary):
+    with tf.summary.create_file_writer(log_dir).as_default():
+        tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=0)

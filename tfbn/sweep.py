@@ -115,6 +115,7 @@ class StudyTuner(keras_tuner.Tuner):
                 run_dir = os.path.join(self.experiment_dir, run_name(point))
                 # A run folder of an unfinished trial holds a killed run's partial events.
                 shutil.rmtree(run_dir, ignore_errors=True)
+                hparams.start_trial(run_dir, f"{self.config.experiment}/{run_name(point)}", point)
                 trial_config = apply_factors(self.config, point)
                 progress = self._progress(point, trial_config, finished + len(positions),
                                           len(self.points) - finished - remaining, remaining,
@@ -126,16 +127,16 @@ class StudyTuner(keras_tuner.Tuner):
         def record(target, result):
             point = positions.pop(target.log_dir)
             self._record(trial, point, result)
-            hparams.write_trial(target.log_dir, {**point, "bn_sync": self.config.distribute.bn_sync},
-                                result)
+            hparams.end_trial(target.log_dir, result)
             scores.append(_score(result["final_accuracy"]))
 
         try:
             train_pack(targets, self.distribution_strategy, on_result=record)
         except Exception as error:
             message = f"{type(error).__name__}: {error}".replace("\n", " ")
-            for point in positions.values():
+            for run_dir, point in positions.items():
                 self._record(trial, point, {"status": "failed", "message": message})
+                hparams.end_trial(run_dir, {"status": "failed"})
             raise keras_tuner.errors.FailedTrialError(message) from error
         self._trial_seconds += [(time.monotonic() - start) / remaining] * remaining
         return {"final_accuracy": max(scores)}
@@ -190,8 +191,8 @@ def run_study(config, *, quiet=False, restart=False):
     oracle = DesignOracle(packs, fixed={"bn_sync": config.distribute.bn_sync})
     oracle.verbose = 0
     if _is_chief_or_alone() and not glob.glob(os.path.join(experiment_dir, "events.out.tfevents.*")):
-        hparams.write_experiment(experiment_dir, {**{k: [p[k] for p in points] for k in points[0]},
-                                                  "bn_sync": [config.distribute.bn_sync]})
+        hparams.write_experiment(experiment_dir, {k: [p[k] for p in points] for k in points[0]},
+                                 constants={"bn_sync": config.distribute.bn_sync})
     def make_tuner():
         return StudyTuner(config, points, packs, experiment_dir, quiet, oracle=oracle,
                           distribution_strategy=strategy)

@@ -1,0 +1,81 @@
+import csv
+import json
+import pathlib
+import time
+import urllib.request
+
+import pytest
+
+from test_callbacks import tensorboard_server
+from tfbn.run import main
+
+QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+def run_study(log_dir, experiment, *overrides):
+    args = ["--config", QUICKSTART, "--quiet", "--no-report"]
+    for override in (f"log.dir={log_dir}", f"experiment={experiment}", "train.eval_every=100",
+                     "log.instruments=[]", *overrides):
+        args += ["--set", override]
+    assert main(args) == 0
+    with open(log_dir / experiment / "results.csv") as f:
+        return {row["run"]: row for row in csv.DictReader(f)}
+
+
+def post(url, path, body):
+    request = urllib.request.Request(f"{url}/data/plugin/hparams/{path}", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as response:
+        return json.load(response)
+
+
+def session_groups(url, expected):
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            groups = post(url, "session_groups", {"allowedStatuses": STATUSES, "sliceSize": 100})
+            if len(groups.get("sessionGroups", [])) >= expected:
+                return groups["sessionGroups"]
+        except OSError:  # not listening yet
+            pass
+        assert time.monotonic() < deadline, "TensorBoard served no HParams sessions in 90 s"
+        time.sleep(0.5)
+
+
+def test_that_two_studies_in_one_log_dir_never_share_an_hparams_session_group(tmp_path):
+    # Same factor values in both studies, different lengths: grouping them would average.
+    short = run_study(tmp_path, "short", "train.steps=200", "study.factors.bn=[none,before]")
+    long = run_study(tmp_path, "long", "train.steps=400", "train.threshold=0.05",
+                     "study.factors={bn: [before], seed: [0, 1]}")
+    rows = {f"short/{run}": row for run, row in short.items()}
+    rows |= {f"long/{run}": row for run, row in long.items()}
+    with tensorboard_server(tmp_path) as url:
+        groups = {group["name"]: group for group in session_groups(url, len(rows))}
+        experiment = post(url, "experiment", {})
+    assert set(groups) == set(rows)
+    for name, group in groups.items():
+        [session] = group["sessions"]
+        assert session["name"] == name
+        assert session["status"] == "STATUS_SUCCESS"
+        metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        row = rows[name]
+        assert metrics["hparams/final_accuracy"] == pytest.approx(float(row["final_accuracy"]), rel=1e-6)
+        assert metrics["accuracy/test"] == pytest.approx(float(row["final_accuracy"]), rel=1e-6)
+        assert "loss/test" in metrics
+        if row["steps_to_threshold"]:
+            assert metrics["hparams/steps_to_threshold"] == float(row["steps_to_threshold"])
+        else:  # never reached: missing, not a number that sorts among the real ones
+            assert "hparams/steps_to_threshold" not in metrics
+    assert "hparams/steps_to_threshold" in {m["name"]["tag"] for m in groups["long/bn=before,seed=1"]["metricValues"]}
+    assert groups["long/bn=before,seed=1"]["hparams"] == {"bn": "before", "seed": "1"}
+    # TensorBoard shows one study's definition: each level once, integers as integers,
+    # constants in the description rather than in a column.
+    infos = {info["name"]: info for info in experiment["hparamInfos"]}
+    assert "bn_sync" not in infos
+    assert "bn_sync=True" in experiment["description"]
+    if "seed" in infos:
+        assert infos["seed"]["domainDiscrete"] == ["0", "1"]
+    else:
+        assert sorted(infos["bn"]["domainDiscrete"]) == ["before", "none"]
