@@ -1,6 +1,8 @@
 import csv
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -88,3 +90,26 @@ def test_that_restart_moves_the_earlier_run_aside(tmp_path):
     folders = sorted(os.listdir(tmp_path))
     assert folders[0] == "quickstart" and folders[1].startswith("quickstart.")
     assert (tmp_path / folders[1] / "results.csv").exists()
+
+
+def test_that_a_log_dir_that_cannot_be_written_exits_2_before_training(tmp_path, capsys):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    assert run(tmp_path, f"log.dir={blocker}/logs") == 2
+    error = capsys.readouterr().err
+    assert f"log.dir '{blocker}/logs'" in error and "--set log.dir=" in error
+    assert blocker.read_text() == "keep me"
+
+
+def test_that_the_command_line_starts_without_tensorflow_log_lines(tmp_path):
+    command = [sys.executable, "-m", "tfbn.run", "--config", QUICKSTART, "--quiet", "--no-report",
+               *sum((["--set", o] for o in (*SHORT, "train.steps=50", "study.factors.bn=[none]",
+                                             f"log.dir={tmp_path}")), [])]
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run(command, capture_output=True, text=True, env=environment,
+                           cwd=pathlib.Path(__file__).parent.parent)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    verbose = subprocess.run([*command, "--verbose", "--set", f"log.dir={tmp_path}/v"],
+                             capture_output=True, text=True, env=environment,
+                             cwd=pathlib.Path(__file__).parent.parent)
+    assert verbose.returncode == 0 and "I0000" in verbose.stderr  # TensorFlow's own lines

@@ -5,11 +5,24 @@
   study designs and the keras-tuner engine behind ``python -m tfbn.run``.
 """
 
-from tfbn.config import Config, load_config
-from tfbn.data import load_data, make_datasets
-from tfbn.models import build_mlp
-from tfbn.sweep import run_study
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "build_mlp", "load_config", "load_data", "make_datasets", "run_study"]
+# Loaded on first use (PEP 562), so that ``python -m tfbn.run`` can load
+# TensorFlow quietly before anything imports it.
+_EXPORTS = {"Config": "tfbn.config", "load_config": "tfbn.config", "load_data": "tfbn.data",
+            "make_datasets": "tfbn.data", "build_mlp": "tfbn.models", "run_study": "tfbn.sweep"}
+
+_SUBMODULES = ("callbacks", "config", "data", "instruments", "models", "packed", "packing",
+               "renorm", "report", "study", "sweep", "training")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:  # `tfbn.instruments.gradient_norms` after a plain `import tfbn`
+        return importlib.import_module(f"tfbn.{name}")
+    raise AttributeError(f"module 'tfbn' has no attribute {name!r}")

@@ -10,6 +10,7 @@ the user's input exit with status 2 and a one-line message.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -22,6 +23,8 @@ def parse_args(argv):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.steps=500 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="print no progress lines")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up and C++ log lines (hidden by default)")
     parser.add_argument("--restart", action="store_true",
                         help="move an earlier run of this experiment aside and start afresh")
     parser.add_argument("--no-report", dest="report", action="store_false",
@@ -34,9 +37,32 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def quiet_tensorflow_start():
+    """Imports TensorFlow without its start-up lines (oneDNN notice, CUDA probes).
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` hides TensorFlow's C++ log lines from then on,
+    but a few are printed before its logging starts, straight to file
+    descriptor 2: that descriptor goes to /dev/null while TensorFlow loads.
+    An import error still raises, and is shown once stderr is back.
+    """
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            with contextlib.suppress(ImportError):
+                import tensorflow  # noqa: F401  (loaded here, quietly, for the whole run)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv=None):
     """Runs the command line; returns the exit status."""
     args = parse_args(argv)
+    if not args.verbose and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        quiet_tensorflow_start()
     try:
         from tfbn.config import load_config
         from tfbn.results import format_table

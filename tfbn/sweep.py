@@ -107,7 +107,8 @@ class StudyTuner(keras_tuner.Tuner):
         if not branches:
             return {"final_accuracy": max(scores)}
         remaining = sum(map(len, branches))
-        finished = len(read_rows(self.results_path))
+        # Finished design points; a failed one that runs again is not among them.
+        finished = sum(row["status"] != "failed" for row in study_rows(self.experiment_dir, self.points))
         targets, positions = [], {}
         for branch in branches:
             targets.append([])
@@ -277,9 +278,14 @@ def _prepare_experiment_dir(experiment_dir, config, restart):
                 f"{experiment_dir} holds a run of this experiment with a different config "
                 f"({', '.join(changed)} changed). Resume it unchanged, give this one another "
                 "name (--set experiment=NAME), or pass --restart to move the old run aside")
-    os.makedirs(experiment_dir, exist_ok=True)
     # Written to a temporary file first so that a crash never leaves half a config.
     temporary = f"{saved_path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        f.write(dump_config(config))
+    try:
+        os.makedirs(experiment_dir, exist_ok=True)
+        with open(temporary, "w") as f:
+            f.write(dump_config(config))
+    except OSError as error:  # a path under a regular file, a read-only folder, a full disk
+        raise ConfigError(
+            f"log.dir {config.log.dir!r}: cannot write {experiment_dir} ({error.strerror}); "
+            "set log.dir to a folder you can write, e.g. --set log.dir=logs") from error
     os.replace(temporary, saved_path)
