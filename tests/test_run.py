@@ -113,3 +113,19 @@ def test_that_the_command_line_starts_without_tensorflow_log_lines(tmp_path):
                              capture_output=True, text=True, env=environment,
                              cwd=pathlib.Path(__file__).parent.parent)
     assert verbose.returncode == 0 and "I0000" in verbose.stderr  # TensorFlow's own lines
+
+
+def test_that_a_resume_refuses_a_changed_bn_sync_by_name_and_accepts_a_changed_device_setting(
+        tmp_path, capsys):
+    assert run(tmp_path, "study.factors.bn=[before]") == 0
+    saved = (tmp_path / "quickstart" / "config.yaml").read_text()
+    assert "bn_sync: true" in saved.split("train:")[0]  # in the model section
+    assert run(tmp_path, "study.factors.bn=[before]", "model.bn_sync=false") == 2
+    assert "model.bn_sync changed" in capsys.readouterr().err
+    with pytest.warns(FutureWarning, match="distribute.bn_sync is now model.bn_sync"):
+        assert run(tmp_path, "study.factors.bn=[before]", "distribute.bn_sync=false") == 2
+    assert "model.bn_sync changed" in capsys.readouterr().err
+    assert (tmp_path / "quickstart" / "config.yaml").read_text() == saved
+    assert run(tmp_path, "study.factors.bn=[before]", "distribute.parallel_trials=1",
+               "log.gradients_every=20") == 0
+    assert len(list(csv.DictReader(open(tmp_path / "quickstart" / "results.csv")))) == 1

@@ -17,6 +17,7 @@ import difflib
 import re
 import types
 import typing
+import warnings
 from typing import Literal, Optional, Union
 
 import yaml
@@ -99,6 +100,8 @@ class ModelConfig:
     leaky_slope: float = _field(0.2, "negative slope of lrelu (course project: 0.2)")
     bn_momentum: float = _field(0.999, "momentum of BN's moving statistics (course project)", _check_fraction)
     bn_epsilon: float = _field(1e-3, "added to BN's variance (course project)", _check_positive)
+    bn_sync: bool = _field(True, "under several replicas, BN statistics over the global batch, "
+                                 "not each replica's slice")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +146,6 @@ class DistributeConfig:
     strategy: Literal["auto", "mirrored", "none"] = _field(
         "auto", "auto: MirroredStrategy over all GPUs when there are two or more")
     devices: Optional[tuple[str, ...]] = _field(None, "devices of strategy mirrored; null: all")
-    bn_sync: bool = _field(True, "BN statistics over the global batch, not each replica's slice")
     parallel_trials: int = _field(1, "trials run at once, one worker process per device",
                                   _check_positive)
 
@@ -247,9 +249,25 @@ def _apply_override(raw, override):
 
 def parse_config(raw):
     """Validates a nested dict (as read from YAML) into a `Config`."""
-    config = _build(Config, raw, "")
+    config = _build(Config, _moved_keys(raw), "")
     _check_consistency(config)
     return config
+
+
+def _moved_keys(raw):
+    """Reads keys of earlier versions at their new place, with a deprecation message."""
+    distribute = raw.get("distribute") if isinstance(raw, dict) else None
+    if not isinstance(distribute, dict) or "bn_sync" not in distribute:
+        return raw
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        return raw  # _build names the bad section
+    if "bn_sync" in model and model["bn_sync"] != distribute["bn_sync"]:
+        raise ConfigError("distribute.bn_sync and model.bn_sync disagree; keep model.bn_sync only")
+    warnings.warn("distribute.bn_sync is now model.bn_sync (it changes the model); "
+                  "write it there, the old key will go", FutureWarning, stacklevel=3)
+    distribute = {k: v for k, v in distribute.items() if k != "bn_sync"}
+    return {**raw, "distribute": distribute, "model": {**model, "bn_sync": raw["distribute"]["bn_sync"]}}
 
 
 def to_dict(config):

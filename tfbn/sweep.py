@@ -35,9 +35,14 @@ from tfbn.packing import plan_packs
 from tfbn.training import Target, train_pack
 
 OBJECTIVE = keras_tuner.Objective("final_accuracy", direction="max")
-# Keys outside the log and distribute sections that a resumed run may change:
-# packing trials changes their speed, not their results.
-FREE_TO_CHANGE = ("train.pack",)
+# The config keys a resumed run may change: where and how fast trials run, and how
+# often the instruments write, not what a trial computes. Any other key that
+# differs from the saved config is refused by name.
+FREE_TO_CHANGE = (
+    "train.pack", "distribute.strategy", "distribute.devices", "distribute.parallel_trials",
+    "log.dir", "log.instruments", "log.weights_every", "log.gradients_every", "log.jacobian_every",
+    "log.percentiles_every", "log.probe_size", "log.jacobian_mode",
+)
 
 
 class DesignOracle(keras_tuner.Oracle):
@@ -189,11 +194,11 @@ def run_study(config, *, quiet=False, restart=False):
     _prepare_experiment_dir(experiment_dir, config, restart)
     _check_results_header(os.path.join(experiment_dir, "results.csv"), result_columns(points[0]))
     packs = plan_packs(config, points)
-    oracle = DesignOracle(packs, fixed={"bn_sync": config.distribute.bn_sync})
+    oracle = DesignOracle(packs, fixed={"bn_sync": config.model.bn_sync})
     oracle.verbose = 0
     if _is_chief_or_alone() and not glob.glob(os.path.join(experiment_dir, "events.out.tfevents.*")):
         hparams.write_experiment(experiment_dir, {k: [p[k] for p in points] for k in points[0]},
-                                 constants={"bn_sync": config.distribute.bn_sync})
+                                 constants={"bn_sync": config.model.bn_sync})
     def make_tuner():
         return StudyTuner(config, points, packs, experiment_dir, quiet, oracle=oracle,
                           distribution_strategy=strategy)
@@ -271,8 +276,7 @@ def _prepare_experiment_dir(experiment_dir, config, restart):
     if os.path.exists(saved_path):
         saved, current = flatten(to_dict(load_config(saved_path))), flatten(to_dict(config))
         changed = [key for key in current
-                   if key.split(".")[0] not in ("log", "distribute") and key not in FREE_TO_CHANGE
-                   and saved.get(key) != current[key]]
+                   if key not in FREE_TO_CHANGE and saved.get(key) != current[key]]
         if changed:
             raise ConfigError(
                 f"{experiment_dir} holds a run of this experiment with a different config "

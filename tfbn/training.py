@@ -60,7 +60,7 @@ def build_model(config, data):
         leaky_slope=m.leaky_slope,
         bn_momentum=m.bn_momentum,
         bn_epsilon=m.bn_epsilon,
-        bn_synchronized=config.distribute.bn_sync,
+        bn_synchronized=config.model.bn_sync,
     )
 
 
