@@ -13,6 +13,7 @@ The same path serves one process, several worker processes on one machine
 chief/worker mode, where the chief holds the oracle and serves it over gRPC.
 """
 
+import contextlib
 import glob
 import math
 import os
@@ -29,6 +30,7 @@ from tfbn.config import dump_config, flatten, load_config, to_dict
 from tfbn.data import load_data
 from tfbn.devices import build_strategy, check_batch_split
 from tfbn.errors import ConfigError, DataError
+from tfbn.lock import experiment_lock
 from tfbn.results import RESULT_COLUMNS, append_row, read_rows
 from tfbn.study import LABELS, apply_factors, design_points, run_name
 from tfbn.packing import plan_packs
@@ -191,6 +193,13 @@ def run_study(config, *, quiet=False, restart=False):
     points = design_points(config)
     strategy = build_strategy(config.distribute)
     _check_trials(config, points, strategy)
+    with experiment_lock(config.log.dir, config.experiment) if _is_chief_or_alone() \
+            else contextlib.nullcontext():
+        return _run_locked(config, points, strategy, experiment_dir, quiet, restart)
+
+
+def _run_locked(config, points, strategy, experiment_dir, quiet, restart):
+    """`run_study` once it holds the experiment's lock (or is a worker)."""
     _prepare_experiment_dir(experiment_dir, config, restart)
     _check_results_header(os.path.join(experiment_dir, "results.csv"), result_columns(points[0]))
     packs = plan_packs(config, points)
