@@ -45,7 +45,7 @@ def quiet_tensorflow_start():
     descriptor 2: that descriptor goes to /dev/null while TensorFlow loads.
     An import error still raises, and is shown once stderr is back.
     """
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -61,7 +61,7 @@ def quiet_tensorflow_start():
 def main(argv=None):
     """Runs the command line; returns the exit status."""
     args = parse_args(argv)
-    if not args.verbose and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+    if not args.verbose and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "3":
         quiet_tensorflow_start()
     try:
         from tfbn.config import load_config
