@@ -7,6 +7,10 @@
   and SVD; slow, the reference that tests compare against.
 * `spectrum_statistics`: summary numbers of such singular values.
 * `gradient_norms`: L2 norm of the loss gradient with respect to each kernel.
+* `internal_covariate_shift`: how much the update of the earlier layers
+  changes each layer's gradient (Santurkar et al. 2018, definition 2.1).
+* `landscape_smoothness`: how the loss and its gradient vary along the
+  gradient direction (Santurkar et al. 2018, section 3.1).
 * `has_batch_norm`: whether a network normalizes at all.
 
 BN is evaluated in one of two modes:
@@ -189,6 +193,146 @@ def gradient_norms(model, x, y):
     gradients = dict(zip((v.path for v in model.trainable_variables), tape.gradient(loss, trainable)))
     return {layer.name: float(tf.norm(gradients[layer.kernel.path]))
             for layer in model.layers if isinstance(layer, keras.layers.Dense)}
+
+
+def internal_covariate_shift(model, x, y):
+    """Internal covariate shift of each Dense layer, as Santurkar et al. (2018) define it.
+
+    For layer i, G is the loss gradient with respect to its kernel at the
+    current weights on the batch ``(x, y)``, and G' the same gradient on the
+    same batch once the hidden blocks before i (their Dense kernel and bias,
+    BN gamma and beta) have taken this step's update by the model's compiled
+    optimizer, the later layers keeping their values. The ``logits`` layer
+    counts as the last layer; ``dense_1`` has no earlier layers (l2 0, cosine 1).
+    BN uses the batch's statistics in every forward pass. Nothing changes:
+    the weights, BN's moving statistics and the optimizer's state (its step
+    counter and slots) are as they were.
+
+    Args:
+        model: A `tfbn.build_mlp` network, compiled with a loss and an optimizer.
+        x: A batch of inputs.
+        y: Their labels, as the compiled loss expects them.
+
+    Returns:
+        Dict from Dense layer name to ``{"l2": ||G - G'||, "cosine": cos(G, G')}``.
+    """
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError("internal_covariate_shift needs a model compiled with an optimizer: "
+                         "its update is the one whose effect is measured; call model.compile first")
+    variables = model.trainable_variables
+    index = {v.path: k for k, v in enumerate(variables)}
+    weights = [tf.convert_to_tensor(v) for v in variables]
+    loss = _training_loss(model, x, y)
+    _, gradients = _value_and_gradients(loss, weights)
+    updated = _after_one_update(model.optimizer, variables, gradients)
+    blocks = _hidden_blocks(model)
+    layers = [block.dense for block in blocks] + [model.get_layer("logits")]
+    moved = set()
+    shifts = {}
+    for i, layer in enumerate(layers):
+        if i > 0:
+            earlier = blocks[i - 1]
+            moved.update(index[v.path] for v in earlier.dense.trainable_variables)
+            if earlier.bn is not None:
+                moved.update(index[v.path] for v in earlier.bn.trainable_variables)
+        if not moved:  # the first layer: nothing before it moves
+            shifts[layer.name] = {"l2": 0.0, "cosine": 1.0}
+            continue
+        shifted = [updated[k] if k in moved else w for k, w in enumerate(weights)]
+        _, shifted_gradients = _value_and_gradients(loss, shifted)
+        g, g_shifted = (tf.reshape(t[index[layer.kernel.path]], [-1]).numpy().astype(np.float64)
+                        for t in (gradients, shifted_gradients))
+        l2 = float(np.linalg.norm(g - g_shifted))
+        scale = np.linalg.norm(g) * np.linalg.norm(g_shifted)
+        cosine = float(g @ g_shifted / scale) if scale > 0 else float(l2 == 0)
+        shifts[layer.name] = {"l2": l2, "cosine": cosine}
+    return shifts
+
+
+# The step sizes of the landscape probe, as multiples of the learning rate:
+# a geometric grid around the step that training takes.
+LANDSCAPE_STEPS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def landscape_smoothness(model, x, y, etas=None):
+    """How smooth the loss is along its gradient (Santurkar et al. 2018, section 3.1).
+
+    With w all trainable variables, g the loss gradient on the batch
+    ``(x, y)`` (BN with the batch's statistics) and each eta of ``etas``,
+    the probe evaluates L(w - eta g) and its gradient g_eta; norms and
+    differences are over all variables concatenated. Nothing of the model
+    changes (BN's moving statistics included).
+
+    Args:
+        model: A `tfbn.build_mlp` network compiled with a loss.
+        x: A batch of inputs.
+        y: Their labels.
+        etas: Positive step sizes; by default `LANDSCAPE_STEPS` times the
+            compiled optimizer's learning rate.
+
+    Returns:
+        ``{"loss_variation": max - min of L(w - eta g) over the etas,
+        "gradient_predictiveness": max ||g - g_eta||,
+        "beta_smoothness": max ||g - g_eta|| / ||eta g||}``.
+    """
+    if etas is None:
+        if getattr(model, "optimizer", None) is None:
+            raise ValueError("landscape_smoothness needs etas, or a model compiled with an "
+                             "optimizer whose learning rate sets them")
+        rate = float(model.optimizer.learning_rate)
+        etas = [rate * multiple for multiple in LANDSCAPE_STEPS]
+    etas = [float(eta) for eta in etas]
+    if not etas or min(etas) <= 0:
+        raise ValueError(f"etas must be positive step sizes, got {etas}")
+    weights = [tf.convert_to_tensor(v) for v in model.trainable_variables]
+    loss = _training_loss(model, x, y)
+    _, gradients = _value_and_gradients(loss, weights)
+    g = _concatenated(gradients)
+    losses, differences, ratios = [], [], []
+    for eta in etas:
+        value, moved = _value_and_gradients(loss, [w - eta * d for w, d in zip(weights, gradients)])
+        difference = np.linalg.norm(g - _concatenated(moved))
+        losses.append(value)
+        differences.append(difference)
+        ratios.append(difference / (eta * np.linalg.norm(g)))
+    return {"loss_variation": float(max(losses) - min(losses)),
+            "gradient_predictiveness": float(max(differences)),
+            "beta_smoothness": float(max(ratios))}
+
+
+def _training_loss(model, x, y):
+    """The compiled loss of a training-mode call with the given trainable values, stateless."""
+    non_trainable = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
+
+    def loss(trainable):
+        logits, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return model.compute_loss(x=x, y=y, y_pred=logits, training=True)
+
+    return loss
+
+
+def _value_and_gradients(loss, weights):
+    with tf.GradientTape() as tape:
+        tape.watch(weights)
+        value = loss(weights)
+    return float(value), tape.gradient(value, weights)
+
+
+def _after_one_update(optimizer, variables, gradients):
+    """The variables' values after ``optimizer`` applies ``gradients``; all state restored."""
+    if not optimizer.built:
+        optimizer.build(variables)
+    state = [v.numpy() for v in optimizer.variables]
+    values = [v.numpy() for v in variables]
+    optimizer.apply_gradients(zip(gradients, variables))
+    updated = [tf.convert_to_tensor(v.numpy()) for v in variables]
+    for variable, value in zip([*optimizer.variables, *variables], [*state, *values]):
+        variable.assign(value)
+    return updated
+
+
+def _concatenated(tensors):
+    return np.concatenate([tf.reshape(t, [-1]).numpy().astype(np.float64) for t in tensors])
 
 
 def _forward(model, x, mode):

@@ -87,7 +87,7 @@ def build_mlp(
 
     ```python
     model = tfbn.build_mlp(hidden_units=(100, 100, 100), bn="before")
-    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     ```
     """
     _check_choice("activation", activation, ACTIVATIONS)
