@@ -10,7 +10,8 @@ from tensorboard.util.tensor_util import make_ndarray
 
 from tfbn.config import dump_config, parse_config
 from tfbn.report import main, write_report
-from tfbn.report.summaries import claim_verdicts, summarise_levels, summarise_mechanisms
+from tfbn.report.stats import holm, verdict
+from tfbn.report.summaries import claim_sides, claim_verdicts, summarise_levels, summarise_mechanisms
 from tfbn.report.trials import load_study
 from tfbn.results import append_row
 from tfbn.run import main as run_main
@@ -182,6 +183,82 @@ def test_that_summary_one_pairs_trials_per_factor_level(synthetic):
     assert rows[("activation", "sigmoid")].steps.verdict == "inconclusive"
 
 
+def test_that_holm_adjusts_p_values_as_computed_by_hand():
+    # Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> max 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.6, 0.7]) == [1.0, 1.0]  # 0.6 * 2 = 1.2, capped
+    # Tied: 0.02 * 3 = 0.06, then max(0.06, 0.02 * 2) = 0.06; 0.5 * 1 = 0.5.
+    assert holm([0.02, 0.02, 0.5]) == pytest.approx([0.06, 0.06, 0.5])
+    assert holm([0.3]) == [0.3] and holm([]) == []
+
+
+def test_that_holm_agrees_with_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p_values = np.random.default_rng(0).uniform(0, 0.2, 12)
+    expected = multitest.multipletests(p_values, method="holm")[1]
+    assert holm(list(p_values)) == pytest.approx(list(expected), rel=1e-12)
+
+
+def test_that_holm_makes_a_verdict_supported_by_its_raw_p_inconclusive(synthetic):
+    rows = summarise_levels(load_study(str(synthetic)))
+    relu = next(r for r in rows if r.level == "relu").accuracy
+    # BN's gain with relu: +0.03, +0.05, +0.04 (seed 3 failed), raw p 0.020: supported alone.
+    differences = pair_differences(lambda point, r: r["final_accuracy"], ["relu"])
+    raw = scipy.stats.ttest_1samp(differences, 0).pvalue
+    assert relu.p == pytest.approx(raw, rel=1e-9) and raw == pytest.approx(0.0202, abs=1e-4)
+    assert verdict(relu.mean, relu.p, +1) == "supported"
+    # Summary I's six tests: accuracy p 0.00051 (sigmoid), 0.0014 (all), 0.020 (relu), and
+    # steps p 1, 1, 1. Holm multiplies the third smallest by 6 - 2 = 4: 0.081.
+    assert sorted(e.p for r in rows for e in (r.accuracy, r.steps))[2] == relu.p
+    assert relu.p_adjusted == pytest.approx(4 * raw, rel=1e-9)
+    assert relu.verdict == "inconclusive"
+    # Sigmoid's gain, raw p 0.00051, stays supported: 6 * 0.00051 = 0.0031.
+    sigmoid = rows[0].accuracy
+    assert sigmoid.p_adjusted == pytest.approx(6 * sigmoid.p) and sigmoid.verdict == "supported"
+
+
+def paired_study(tmp_path, gains, step_shifts):
+    """BN none and before over one seed per gain, no instruments, sigmoid (the config's default).
+
+    BN adds ``gains[seed]`` to the final accuracy and ``step_shifts[seed]`` to the
+    steps to threshold.
+    """
+    config = parse_config({"experiment": "paired", "log": {"dir": str(tmp_path)},
+                           "study": {"factors": {"bn": ["none", "before"],
+                                                 "seed": list(range(len(gains)))}}})
+
+    def result(point):
+        before, seed = point["bn"] == "before", point["seed"]
+        return {"status": "ok", "final_accuracy": 0.8 + 0.01 * seed + before * gains[seed],
+                "steps_to_threshold": 1000 + 100 * seed + before * step_shifts[seed]}
+    return write_study(config, result)
+
+
+def test_that_a_claim_whose_measures_point_different_ways_is_mixed(tmp_path, capsys):
+    # BN raises the final accuracy by 0.10 to 0.13 but needs 300 to 330 more steps.
+    experiment = paired_study(tmp_path, (0.10, 0.12, 0.11, 0.13), (300, 330, 310, 320))
+    measures = summarise_mechanisms(load_study(str(experiment)))
+    accuracy, steps = (m.effect for m in measures[:2])
+    # Raw p 0.000386 and 0.0000189; three tests (the instruments recorded nothing, and
+    # claim 6's saturating measure repeats the accuracy): Holm 0.00077 and 0.000057.
+    assert accuracy.p == pytest.approx(0.000386, rel=1e-3)
+    assert steps.p == pytest.approx(0.0000189, rel=1e-2)
+    assert (accuracy.p_adjusted, steps.p_adjusted) == pytest.approx((2 * accuracy.p, 3 * steps.p))
+    assert (accuracy.verdict, steps.verdict) == ("supported", "contradicted")
+    assert claim_verdicts(measures)[1] == "mixed"
+    assert claim_sides(measures)[1] == {
+        "supported": ["final test accuracy"],
+        "contradicted": ["steps to threshold (never reached: train.steps)"]}
+
+    assert main([str(experiment)]) == 0
+    assert "claim 1 (BN speeds up training and raises accuracy): mixed" in capsys.readouterr().out
+    report = (experiment / "report" / "report.md").read_text()
+    assert ("| 1. BN speeds up training and raises accuracy | *mixed* | final test accuracy "
+            "| steps to threshold (never reached: train.steps) |  |") in report
+    assert "| 6. BN lets saturating nonlinearities train and tolerates higher learning rates " \
+           "| *supported* | final test accuracy, saturating nonlinearities |  |  |" in report
+
+
 def test_that_the_report_lists_failed_and_diverged_trials_and_skips_what_it_lacks(synthetic, capsys):
     experiment = synthetic
     assert main([str(experiment)]) == 0
@@ -192,6 +269,10 @@ def test_that_the_report_lists_failed_and_diverged_trials_and_skips_what_it_lack
     assert f"`{DIVERGED}`: stopped at step 300" in report
     assert "Skipped: the study has no test_ratio factor." in report
     assert "| 3. BN regularizes the growth of the weights | *contradicted* |" in report
+    # Both p-values beside each test; relu's gain is supported by its raw p alone, not after Holm.
+    assert ("| activation | relu | before | 3 | +0.0400 [+0.0152, +0.0648] | 0.02 | 0.081 "
+            "| inconclusive |") in report
+    assert "Holm-adjusted one across the tests of that table" in report
     page = (experiment / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 5  # all figures but the class ratio's
     assert "<em>contradicted</em>" in page
@@ -278,8 +359,9 @@ def test_that_a_digits_study_gets_every_figure_and_both_tables(tmp_path):
     assert path == str(experiment / "report" / "report.md")
 
     report = pathlib.Path(path).read_text()
-    assert "| factor | level | bn | pairs | Δ final accuracy |" in report
-    assert "| claim | measure | claimed | pairs | Δ mean [95% CI] |" in report
+    assert ("| factor | level | bn | pairs | Δ final accuracy | p | p (Holm) | verdict "
+            "| Δ steps to threshold | p | p (Holm) | verdict |") in report
+    assert "| claim | measure | claimed | pairs | Δ mean [95% CI] | p | p (Holm) | verdict |" in report
     for level, pairs in (("1:1", 2), ("1:9", 2)):
         assert f"| test_ratio | {level} | before | {pairs} |" in report
     assert "| all | all | before | 4 |" in report

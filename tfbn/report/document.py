@@ -5,9 +5,14 @@ import os
 from collections import Counter
 
 from tfbn.report.render import Heading, Image, Items, Table, Text
-from tfbn.report.stats import CONFIDENCE, RULE
-from tfbn.report.summaries import CLAIMS, claim_verdicts, factor_spread, primary_arm
+from tfbn.report.stats import CONFIDENCE, CONTRADICTED, INCONCLUSIVE, RULE, SUPPORTED
+from tfbn.report.summaries import CLAIMS, claim_sides, claim_verdicts, factor_spread, primary_arm
 from tfbn.report.trials import CONTROL
+
+# The Verdicts table's columns of measure names, one per measure verdict.
+_SIDES = {SUPPORTED: "supported by", CONTRADICTED: "contradicted by", INCONCLUSIVE: "inconclusive"}
+# The columns of one test in the summary tables (`_test`).
+_TEST = (f"Δ mean [{CONFIDENCE:.0%} CI]", "p", "p (Holm)", "verdict")
 
 
 def build_document(study, levels, measures, plots):
@@ -45,11 +50,14 @@ def _verdicts(study, measures):
     if not measures:
         return [Heading(2, "Verdicts"),
                 Text("No verdicts: the study has no BN arm paired with `none` (same seed and levels).")]
-    verdicts = claim_verdicts(measures)
+    verdicts, sides = claim_verdicts(measures), claim_sides(measures)
     return [Heading(2, "Verdicts"),
-            Text(f"BN `{primary_arm(study)}` against `none`, from Summary II; the rule is under Method."),
-            Table(("claim", "verdict"),
-                  tuple((f"{n}. {CLAIMS[n]}", f"*{v}*") for n, v in verdicts.items()))]
+            Text(f"BN `{primary_arm(study)}` against `none`, from Summary II, with each measure "
+                 "listed under its own verdict; the rule is under Method."),
+            Table(("claim", "verdict", *_SIDES.values()),
+                  tuple((f"{n}. {CLAIMS[n]}", f"*{v}*", *("; ".join(sides[n].get(side, ()))
+                                                          for side in _SIDES))
+                        for n, v in verdicts.items()))]
 
 
 def _summary_one(study, rows):
@@ -62,11 +70,10 @@ def _summary_one(study, rows):
     if not rows:
         return blocks + [Text("No BN arm to compare with `none`.")]
     blocks.append(Table(
-        ("factor", "level", "bn", "pairs", "Δ final accuracy", "verdict",
-         "Δ steps to threshold", "verdict", "never reached (bn / none)"),
-        tuple((r.factor, r.level, r.arm, r.accuracy.n, _interval(r.accuracy, ".4f"),
-               r.accuracy.verdict, _interval(r.steps, ".0f"), r.steps.verdict,
-               f"{r.never[0]} / {r.never[1]}") for r in rows)))
+        ("factor", "level", "bn", "pairs", "Δ final accuracy", *_TEST[1:],
+         "Δ steps to threshold", *_TEST[1:], "never reached (bn / none)"),
+        tuple((r.factor, r.level, r.arm, r.accuracy.n, *_test(r.accuracy, ".4f"),
+               *_test(r.steps, ".0f"), f"{r.never[0]} / {r.never[1]}") for r in rows)))
     spread = factor_spread(rows)
     if spread:
         top = next((s for s in spread if s[1] == primary_arm(study)), spread[0])
@@ -93,10 +100,9 @@ def _summary_two(study, measures):
     if not measures:
         return blocks + [Text("No BN arm to compare with `none`.")]
     return blocks + [Table(
-        ("claim", "measure", "claimed", "pairs", "Δ mean [95% CI]", "p", "verdict", "note"),
+        ("claim", "measure", "claimed", "pairs", *_TEST, "note"),
         tuple((m.claim, m.name, "higher" if m.better > 0 else "lower", m.effect.n,
-               _interval(m.effect, ".3g"), _number(m.effect.p, ".2g"), m.effect.verdict, m.note)
-              for m in measures))]
+               *_test(m.effect, ".3g"), m.note) for m in measures))]
 
 
 def _trials(study):
@@ -150,6 +156,12 @@ def _method(study):
         f"Report written from `{os.path.join(study.experiment_dir, 'results.csv')}` and the "
         "trials' TensorBoard event files.",
     )
+
+
+def _test(effect, spec):
+    """The cells of `_TEST` for one effect, its mean and interval formatted by ``spec``."""
+    return (_interval(effect, spec), _number(effect.p, ".2g"), _number(effect.p_adjusted, ".2g"),
+            effect.verdict)
 
 
 def _interval(effect, spec):

@@ -5,6 +5,9 @@
   accuracy and on steps to the accuracy threshold.
 * `summarise_mechanisms` (Summary II): one row per measure of the six claims of
   the study, BN before the activation against ``none``, over all pairs.
+
+Each table's p-values are Holm-adjusted across its tests
+(`tfbn.report.stats.holm_adjusted`), and its verdicts come from the adjusted ones.
 """
 
 import dataclasses
@@ -13,7 +16,7 @@ import re
 
 import numpy as np
 
-from tfbn.report.stats import combine, paired_effect
+from tfbn.report.stats import combine, holm_adjusted, paired_effect
 
 OVERALL = "all"
 SATURATING = ("sigmoid", "tanh")
@@ -30,7 +33,7 @@ CLAIMS = {
 
 @dataclasses.dataclass(frozen=True)
 class LevelRow:
-    """BN's effect at one factor level (Summary I).
+    """BN's effect at one factor level (Summary I), Holm-adjusted across all of its tests.
 
     Attributes:
         factor, level: The level compared, or `OVERALL` twice for all trials.
@@ -58,7 +61,8 @@ class Measure:
         claim: The claim's number in `CLAIMS`.
         name: What is measured per trial, in words.
         better: ``+1`` if the claim says BN raises it, ``-1`` if BN lowers it.
-        effect: BN arm minus ``none``, an `Effect`.
+        effect: BN arm minus ``none``, an `Effect`, Holm-adjusted across
+            all of Summary II's measures.
         note: Why there are no pairs, or what the pairs were restricted to.
     """
 
@@ -93,6 +97,7 @@ def summarise_levels(study):
     Returns:
         A list of `LevelRow`: the compared factors' levels in config order,
         then the `OVERALL` rows; empty when no trial pairs with a ``none`` one.
+        The accuracy and steps effects of all rows are adjusted together.
     """
     if not any(study.pairs(arm) for arm in study.arms):
         return []
@@ -106,7 +111,9 @@ def summarise_levels(study):
                           for side in zip(*pairs)) if pairs else (0, 0)
             rows.append(LevelRow(factor, level, arm, _effect(pairs, final_accuracy, +1),
                                  _effect(pairs, steps_to_threshold(study), -1), never))
-    return rows
+    adjusted = holm_adjusted([e for r in rows for e in (r.accuracy, r.steps)])
+    return [dataclasses.replace(r, accuracy=accuracy, steps=steps)
+            for r, accuracy, steps in zip(rows, adjusted[0::2], adjusted[1::2])]
 
 
 def factor_spread(rows):
@@ -134,8 +141,8 @@ def summarise_mechanisms(study):
     """Summary II: every measure of the six claims, `primary_arm` against ``none``.
 
     Returns:
-        A list of `Measure`, in claim order; empty when no `primary_arm`
-        trial pairs with a ``none`` one.
+        A list of `Measure`, in claim order, their effects adjusted together;
+        empty when no `primary_arm` trial pairs with a ``none`` one.
     """
     arm = primary_arm(study)
     pairs = study.pairs(arm) if arm else []
@@ -163,13 +170,22 @@ def summarise_mechanisms(study):
         note = (f"no data: the {instrument} instrument was off or recorded too little "
                 f"(lower log.{instrument}_every)" if instrument and not effect.n else "")
         measures.append(Measure(claim, name, better, effect, note))
-    return measures + _saturating_measures(study, arm)
+    measures += _saturating_measures(study, arm)
+    return [dataclasses.replace(m, effect=effect)
+            for m, effect in zip(measures, holm_adjusted([m.effect for m in measures]))]
 
 
 def claim_verdicts(measures):
     """Claim number -> its verdict from its measures (`tfbn.report.stats.combine`)."""
-    return {claim: combine(m.effect.verdict for m in measures if m.claim == claim)
-            for claim in dict.fromkeys(m.claim for m in measures)}
+    return {claim: combine(sides) for claim, sides in claim_sides(measures).items()}
+
+
+def claim_sides(measures):
+    """Claim number -> {verdict: names of the claim's measures with it}, in measure order."""
+    sides = {}
+    for m in measures:
+        sides.setdefault(m.claim, {}).setdefault(m.effect.verdict, []).append(m.name)
+    return sides
 
 
 def _saturating_measures(study, arm):
