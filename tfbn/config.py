@@ -60,6 +60,11 @@ def _check_fraction(value, key):
         raise ConfigError(f"{key}: must lie in [0, 1], got {value!r}")
 
 
+def _check_interval(value, key):
+    if len(value) != 2 or value[0] > value[1]:
+        raise ConfigError(f"{key}: give [low, high] with low <= high, got {list(value)!r}")
+
+
 def _check_pack(value, key):
     if isinstance(value, int) and value < 1:
         raise ConfigError(f"{key}: give auto, off or a positive number of branches, got {value!r}")
@@ -95,11 +100,18 @@ class ModelConfig:
     width: int = _field(100, "units per hidden layer", _check_positive)
     activation: Literal["lrelu", "relu", "sigmoid", "softplus", "tanh", "linear"] = _field(
         "sigmoid", "the paper's saturating nonlinearity")
-    bn: Literal["none", "before", "after", "renorm"] = _field(
-        "before", "the paper places BN before the activation; renorm: Batch Renormalization there")
+    bn: Literal["none", "before", "after", "renorm", "noisy"] = _field(
+        "before", "the paper places BN before the activation; renorm: Batch Renormalization there; "
+                  "noisy: BN there followed by a per-step shift of each unit's distribution")
     leaky_slope: float = _field(0.2, "negative slope of lrelu (course project: 0.2)")
     bn_momentum: float = _field(0.999, "momentum of BN's moving statistics (course project)", _check_fraction)
     bn_epsilon: float = _field(1e-3, "added to BN's variance (course project)", _check_positive)
+    noise_shift: tuple[float, ...] = _field(
+        (0.0, 1.0), "noisy BN: low and high of each unit's uniform shift, drawn every step",
+        _check_interval)
+    noise_scale: tuple[float, ...] = _field(
+        (1.0, 2.0), "noisy BN: low and high of each unit's uniform scale, drawn every step",
+        _check_interval)
     bn_sync: bool = _field(True, "under several replicas, BN statistics over the global batch, "
                                  "not each replica's slice")
 

@@ -202,7 +202,10 @@ def internal_covariate_shift(model, x, y):
     current weights on the batch ``(x, y)``, and G' the same gradient on the
     same batch once the hidden blocks before i (their Dense kernel and bias,
     BN gamma and beta) have taken this step's update by the model's compiled
-    optimizer, the later layers keeping their values. The ``logits`` layer
+    optimizer, the later layers keeping their values, and the non-trainable
+    state of those earlier blocks is the one the step leaves (BN's moving
+    statistics, which Batch Renormalization's corrections read, and noisy
+    BN's next draw). The ``logits`` layer
     counts as the last layer; ``dense_1`` has no earlier layers (l2 0, cosine 1).
     BN uses the batch's statistics in every forward pass. Nothing changes:
     the weights, BN's moving statistics and the optimizer's state (its step
@@ -222,24 +225,29 @@ def internal_covariate_shift(model, x, y):
     variables = model.trainable_variables
     index = {v.path: k for k, v in enumerate(variables)}
     weights = [tf.convert_to_tensor(v) for v in variables]
-    loss = _training_loss(model, x, y)
-    _, gradients = _value_and_gradients(loss, weights)
+    state_variables = model.non_trainable_variables
+    # By identity: the seed generators of noisy BN's layers share one path.
+    state_index = {id(v): k for k, v in enumerate(state_variables)}
+    state = [tf.convert_to_tensor(v) for v in state_variables]
+    _, gradients = _value_and_gradients(_training_loss(model, x, y, state), weights)
     updated = _after_one_update(model.optimizer, variables, gradients)
-    blocks = _hidden_blocks(model)
-    layers = [block.dense for block in blocks] + [model.get_layer("logits")]
-    moved = set()
+    _, next_state = model.stateless_call(weights, state, x, training=True)
+    depth = len(_hidden_blocks(model))
+    moved, moved_state = set(), set()
     shifts = {}
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate([model.get_layer(f"dense_{j}") for j in range(1, depth + 1)]
+                              + [model.get_layer("logits")]):
         if i > 0:
-            earlier = blocks[i - 1]
-            moved.update(index[v.path] for v in earlier.dense.trainable_variables)
-            if earlier.bn is not None:
-                moved.update(index[v.path] for v in earlier.bn.trainable_variables)
+            for earlier in _block_layers(model, i):
+                moved.update(index[v.path] for v in earlier.trainable_variables)
+                moved_state.update(state_index[id(v)] for v in earlier.non_trainable_variables)
         if not moved:  # the first layer: nothing before it moves
             shifts[layer.name] = {"l2": 0.0, "cosine": 1.0}
             continue
         shifted = [updated[k] if k in moved else w for k, w in enumerate(weights)]
-        _, shifted_gradients = _value_and_gradients(loss, shifted)
+        shifted_state = [next_state[k] if k in moved_state else v for k, v in enumerate(state)]
+        _, shifted_gradients = _value_and_gradients(
+            _training_loss(model, x, y, shifted_state), shifted)
         g, g_shifted = (tf.reshape(t[index[layer.kernel.path]], [-1]).numpy().astype(np.float64)
                         for t in (gradients, shifted_gradients))
         l2 = float(np.linalg.norm(g - g_shifted))
@@ -285,7 +293,7 @@ def landscape_smoothness(model, x, y, etas=None):
     if not etas or min(etas) <= 0:
         raise ValueError(f"etas must be positive step sizes, got {etas}")
     weights = [tf.convert_to_tensor(v) for v in model.trainable_variables]
-    loss = _training_loss(model, x, y)
+    loss = _training_loss(model, x, y, [tf.convert_to_tensor(v) for v in model.non_trainable_variables])
     _, gradients = _value_and_gradients(loss, weights)
     g = _concatenated(gradients)
     losses, differences, ratios = [], [], []
@@ -300,9 +308,14 @@ def landscape_smoothness(model, x, y, etas=None):
             "beta_smoothness": float(max(ratios))}
 
 
-def _training_loss(model, x, y):
-    """The compiled loss of a training-mode call with the given trainable values, stateless."""
-    non_trainable = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
+def _block_layers(model, i):
+    """The layers of hidden block ``i`` of a `tfbn.build_mlp` network (Dense, BN, noise, nonlinearity)."""
+    names = {f"{kind}_{i}" for kind in ("dense", "bn", "noise", "act")}
+    return [layer for layer in model.layers if layer.name in names]
+
+
+def _training_loss(model, x, y, non_trainable):
+    """The compiled loss of a training-mode call with the given variable values, stateless."""
 
     def loss(trainable):
         logits, _ = model.stateless_call(trainable, non_trainable, x, training=True)

@@ -25,10 +25,11 @@ import keras
 import tensorflow as tf
 
 from tfbn.errors import ConfigError
+from tfbn.noise import DistributionShift
 from tfbn.renorm import BatchRenormalization
 
 ACTIVATIONS = ("lrelu", "relu", "sigmoid", "softplus", "tanh", "linear")
-BN_PLACEMENTS = ("none", "before", "after", "renorm")
+BN_PLACEMENTS = ("none", "before", "after", "renorm", "noisy")
 
 
 def course_initializer(fan_in, seed):
@@ -52,6 +53,8 @@ def build_mlp(
     bn_momentum=0.999,
     bn_epsilon=1e-3,
     bn_synchronized=False,
+    noise_shift=(0.0, 1.0),
+    noise_scale=(1.0, 2.0),
     kernel_initializer=None,
 ):
     """Builds an uncompiled MLP classifier.
@@ -69,13 +72,16 @@ def build_mlp(
         bn: Where Batch Normalization goes: ``"none"``, ``"before"`` or
             ``"after"`` the activation, or ``"renorm"``: Batch Renormalization
             (`tfbn.renorm.BatchRenormalization`, with the paper's schedule)
-            before the activation.
+            before the activation, or ``"noisy"``: BN before the activation
+            followed by `tfbn.noise.DistributionShift` (Santurkar et al. 2018).
         seed: Seed of the kernel initializers; layer ``i`` uses ``seed + i``.
         leaky_slope: Negative slope of ``lrelu``.
         bn_momentum: Momentum of BN's moving mean and variance.
         bn_epsilon: Epsilon added to BN's variance.
         bn_synchronized: Under a distribution strategy, normalize by the
             statistics of the global batch rather than each replica's slice.
+        noise_shift: ``(low, high)`` of noisy BN's per-unit uniform shift.
+        noise_scale: ``(low, high)`` of noisy BN's per-unit uniform scale.
         kernel_initializer: ``None`` for the course project's truncated normal
             with std ``sqrt(2 / fan_in)``, or a callable ``(fan_in, seed)`` that
             returns a Keras initializer.
@@ -99,12 +105,14 @@ def build_mlp(
     for i, units in enumerate(hidden_units, start=1):
         x = keras.layers.Dense(
             units,
-            use_bias=bn not in ("before", "renorm"),
+            use_bias=bn not in ("before", "renorm", "noisy"),
             kernel_initializer=make_initializer(fan_in, seed + i),
             name=f"dense_{i}",
         )(x)
-        if bn in ("before", "renorm"):
+        if bn in ("before", "renorm", "noisy"):
             x = _batch_norm(i, bn, bn_momentum, bn_epsilon, bn_synchronized)(x)
+        if bn == "noisy":
+            x = DistributionShift(noise_shift, noise_scale, seed=seed + i, name=f"noise_{i}")(x)
         x = _activation(activation, leaky_slope, f"act_{i}")(x)
         if bn == "after":
             x = _batch_norm(i, bn, bn_momentum, bn_epsilon, bn_synchronized)(x)

@@ -61,6 +61,8 @@ def build_model(config, data):
         bn_momentum=m.bn_momentum,
         bn_epsilon=m.bn_epsilon,
         bn_synchronized=config.model.bn_sync,
+        noise_shift=m.noise_shift,
+        noise_scale=m.noise_scale,
     )
 
 

@@ -23,7 +23,8 @@ PANEL_SIZE = (3.8, 2.9)  # inches per panel
 MIN_WIDTH = 5.5  # inches; room for the legend under a single panel
 MARGINS = {"left": 1.0, "right": 0.2, "top": 0.6, "bottom": 0.9}  # inches
 MAX_COLUMNS = 4
-ARM_COLORS = {"none": "black", "before": "tab:blue", "after": "tab:orange", "renorm": "tab:green"}
+ARM_COLORS = {"none": "black", "before": "tab:blue", "after": "tab:orange", "renorm": "tab:green",
+              "noisy": "tab:red"}
 BAND = ("band: min to max over the trials averaged (seeds, and in a full factorial the other "
         "factors' levels)")
 
