@@ -22,6 +22,11 @@ BN is evaluated in one of two modes:
   a batch like the probe set, without the coupling between examples that
   differentiating the batch statistics would add.
 
+The noise of noisy BN (`tfbn.noise.DistributionShift`) is left out in both
+modes: it is the identity at evaluation, and a probe measures the network,
+not one random draw of its training noise. The gradient, covariate-shift and
+landscape probes, which differentiate the training loss, do include it.
+
 Example:
 
 ```python
