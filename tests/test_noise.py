@@ -5,11 +5,16 @@ import pathlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfbn
+from tfbn.callbacks import BatchStatisticsEvaluation
 from tfbn.config import load_config
+from tfbn.data import load_data
 from tfbn.errors import ConfigError
 from tfbn.noise import DistributionShift
+from tfbn.packed import PackEvaluation, PackedModel
+from tfbn.training import build_optimizer
 
 QUICKSTART = pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml"
 
@@ -41,6 +46,28 @@ def test_that_each_training_call_scales_and_shifts_every_unit_by_fresh_draws_wit
     replay = np.asarray(DistributionShift(seed=7)(x, training=True))
     np.testing.assert_allclose(replay, x * draws[0] + (replay[0] - draws[0] * x[0]), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(layer(x, training=False), x)
+
+
+def test_that_evaluation_with_test_batch_statistics_runs_bn_in_training_mode_without_the_noise():
+    config = load_config(QUICKSTART)
+    data = load_data(config.data)
+    networks = {bn: tfbn.build_mlp((64,), 10, (20, 20), "sigmoid", bn, seed=1) for bn in ("noisy", "before")}
+    x = data.x_test[:200]
+    assert not np.allclose(networks["noisy"](x, training=True), networks["before"](x, training=True))
+    packed = {bn: PackEvaluation(PackedModel([network], [build_optimizer(config.train)], data.x_train,
+                                             data.y_train), [[(data.x_test, data.y_test)]], 100)()[0][0]
+              for bn, network in networks.items()}
+    callbacks = {}
+    for bn, network in networks.items():
+        callback = BatchStatisticsEvaluation(tf.data.Dataset.from_tensor_slices(
+            (data.x_test, data.y_test)).batch(100))
+        callback.set_model(network)
+        callback.on_epoch_end(0, callbacks.setdefault(bn, {}))
+    for measured in (packed, callbacks):
+        for name in ("val_loss_batch_stats", "val_accuracy_batch_stats"):
+            assert measured["noisy"][name] == pytest.approx(measured["before"][name], rel=1e-6)
+    # Training calls outside the evaluation still draw the noise.
+    assert not np.allclose(networks["noisy"](x, training=True), networks["before"](x, training=True))
 
 
 def test_that_the_noise_bounds_come_from_the_config_and_a_bad_interval_is_named():

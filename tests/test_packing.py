@@ -130,7 +130,7 @@ def test_that_a_packed_branch_takes_the_gradient_of_its_own_loss_with_its_own_op
     np.testing.assert_allclose(model.totals.numpy()[:, 2], [32, 32])
 
 
-@pytest.mark.parametrize("bn", ["before", "after", "renorm"])
+@pytest.mark.parametrize("bn", ["before", "after", "renorm", "noisy"])
 def test_that_evaluation_with_batch_statistics_changes_no_variable(bn):
     data = load_data(load_config(QUICKSTART).data)
     network = tfbn.build_mlp((64,), 10, (20, 20), "sigmoid", bn, seed=1)
@@ -143,9 +143,11 @@ def test_that_evaluation_with_batch_statistics_changes_no_variable(bn):
     assert [v.path for v in network.variables] and all(
         np.array_equal(a, v.numpy()) for a, v in zip(before, network.variables))
     # Batch statistics of 5 batches of 100: the same as calling the network in
-    # training mode on each batch, which does change the moving statistics.
-    logits = np.concatenate([network(data.x_test[s:s + 100], training=True).numpy()
-                             for s in range(0, 500, 100)])
+    # training mode on each batch, which does change the moving statistics
+    # (and, as at any evaluation, without noisy BN's noise).
+    with tfbn.noise.suspended():
+        logits = np.concatenate([network(data.x_test[s:s + 100], training=True).numpy()
+                                 for s in range(0, 500, 100)])
     assert measured["val_accuracy_batch_stats"] == pytest.approx(
         np.mean(logits.argmax(1) == data.y_test), abs=1e-12)
     assert measured["val_accuracy"] == pytest.approx(

@@ -7,9 +7,39 @@ noise: at every training call each unit's values are multiplied by a scale
 and offset by a shift, both drawn afresh per unit (one draw for the whole
 batch, so the distribution moves rather than gaining per-example noise)
 from uniform distributions; at evaluation it is the identity.
+
+Evaluation with test-batch statistics calls a network in training mode so that
+BN normalizes by the batch; `suspended` keeps the noise off there.
 """
 
+import contextlib
+import contextvars
+
 import keras
+
+# Read when a call is traced: a tf.function traced inside `suspended` has no noise.
+_SUSPENDED = contextvars.ContextVar("tfbn_noise_suspended", default=False)
+
+
+@contextlib.contextmanager
+def suspended():
+    """Makes every `DistributionShift` the identity in the calls made inside it, training ones too.
+
+    Keras passes one ``training`` flag to all layers; evaluating with BN's
+    batch statistics needs training mode for BN and evaluation for the noise.
+
+    Example:
+
+    ```python
+    with tfbn.noise.suspended():
+        logits = model(x_test_batch, training=True)  # BN by batch statistics, no noise
+    ```
+    """
+    token = _SUSPENDED.set(True)
+    try:
+        yield
+    finally:
+        _SUSPENDED.reset(token)
 
 
 @keras.saving.register_keras_serializable(package="tfbn")
@@ -30,7 +60,7 @@ class DistributionShift(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=False):
-        if not training:
+        if not training or _SUSPENDED.get():
             return inputs
         units = (inputs.shape[-1],)
         scale = keras.random.uniform(units, *self.scale, seed=self.seed_generator)

@@ -17,6 +17,7 @@ on its gradients are replaced by zeros, and the other branches train on.
 import keras
 import tensorflow as tf
 
+from tfbn import noise
 from tfbn.instruments import has_batch_norm
 
 _TRAIN_TOTALS = 3  # loss summed over examples, correct predictions, examples
@@ -127,7 +128,8 @@ class PackEvaluation:
     branches with BN, with each test batch of ``batch_size`` normalised by its
     own statistics. The second mode runs BN in training mode statelessly: no
     variable of any layer changes (BN's and Batch Renormalization's moving
-    statistics and step counters included).
+    statistics and step counters included), and noisy BN's noise is off, as
+    at any evaluation.
 
     As in training, the first Dense layers of all branches that share a test
     split run as one product, and both modes share it (it comes before any BN).
@@ -193,7 +195,8 @@ def _batch_statistics_logits(model, x, batch_size):
     def logits(batch):
         trainable = [v.value for v in model.trainable_variables]
         non_trainable = [v.value for v in model.non_trainable_variables]
-        return model.stateless_call(trainable, non_trainable, batch, training=True)[0]
+        with noise.suspended():  # training mode for BN's statistics only: noisy BN's noise stays off
+            return model.stateless_call(trainable, non_trainable, batch, training=True)[0]
 
     # The whole batches in one loop, so that the model is traced once, not once per batch.
     whole = x.shape[0] // batch_size * batch_size

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfbn import noise
+
 
 class BatchStatisticsEvaluation(keras.callbacks.Callback):
     """Adds ``val_loss_batch_stats`` and ``val_accuracy_batch_stats`` to the epoch logs.
@@ -14,7 +16,7 @@ class BatchStatisticsEvaluation(keras.callbacks.Callback):
     its own normalization; this callback measures that second mode so both can
     be compared. Every non-trainable variable (BN's moving statistics, Batch
     Renormalization's step counter) is restored afterwards, so training is
-    unaffected. Place it before `tfbn.callbacks.StepMetrics`, which logs it.
+    unaffected; noisy BN's noise is off, as at any evaluation. Place it before `tfbn.callbacks.StepMetrics`, which logs it.
 
     Args:
         test: A `tf.data.Dataset` of ``(x, y)`` test batches; each batch is
@@ -34,7 +36,7 @@ class BatchStatisticsEvaluation(keras.callbacks.Callback):
         moving = self.model.non_trainable_variables
         saved = [v.numpy() for v in moving]
         if self._forward is None:
-            self._forward = tf.function(lambda x: self.model(x, training=True))
+            self._forward = tf.function(self._batch_statistics_forward)
         losses, correct, count = [], 0, 0
         for x, y in self.test:
             logits = self._forward(x)
@@ -46,3 +48,7 @@ class BatchStatisticsEvaluation(keras.callbacks.Callback):
             variable.assign(value)
         logs["val_loss_batch_stats"] = float(np.mean(np.concatenate(losses)))
         logs["val_accuracy_batch_stats"] = correct / count
+
+    def _batch_statistics_forward(self, x):
+        with noise.suspended():  # training mode for BN's statistics only: noisy BN's noise stays off
+            return self.model(x, training=True)
