@@ -10,7 +10,8 @@ trained by SGD on random data of MNIST's shape in batches of 60 with
 1. the cost of `tfbn.models.MLP` recording its gradients every step: chunks
    of 32 steps of it and of Keras's own train step, alternated;
 2. the seconds one write of each instrument takes and the share of the
-   training time that implies at the `tfbn.config.LogConfig` defaults;
+   training time that implies at the `tfbn.config.LogConfig` defaults
+   (``ics`` and ``landscape`` too, which run only on request);
 3. steps/s of `model.fit` without instruments, with each instrument and with
    all of them at the defaults, in interleaved windows;
 4. time and peak TensorFlow memory of one Jacobian-spectrum pass (all
@@ -36,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbn import instruments
-from tfbn.callbacks import build_instruments
+from tfbn.callbacks import TrainingSample, build_instruments
 from tfbn.config import LogConfig
 from tfbn.instruments import jacobian_singular_values
 from tfbn.models import build_mlp
@@ -44,6 +45,7 @@ from tfbn.models import build_mlp
 BATCH = 60
 STEPS_PER_EXECUTION = 32
 INSTRUMENTS = ("weights", "gradients", "jacobian", "percentiles")
+ON_REQUEST = ("ics", "landscape")
 
 
 class Clock(keras.callbacks.Callback):
@@ -93,9 +95,11 @@ def write_seconds(config, probe, log_dir, writes):
     The mean, not the median: every tenth event flushes the file writer.
     """
     model = build()
-    model.fit(probe, np.zeros(len(probe)), batch_size=BATCH, epochs=1, verbose=0)
+    labels = np.zeros(len(probe), int)
+    model.fit(probe, labels, batch_size=BATCH, epochs=1, verbose=0)
+    sample = TrainingSample(probe, labels, BATCH, seed=0)
     seconds = {}
-    for callback, name in zip(build_instruments(config, log_dir, probe), config.instruments):
+    for callback, name in zip(build_instruments(config, log_dir, probe, sample), config.instruments):
         callback.set_model(model)
         start = time.perf_counter()
         for step in range(writes):
@@ -184,13 +188,14 @@ def main(argv=None):
               f"at {step * 1e3:.2f} ms/step:")
         print(f"   {'config':10s} {'instrument':12s} {'probe':>5s} {'every':>6s} {'s/write':>8s} "
               f"{'share':>6s}")
-        config = LogConfig()
+        config = LogConfig(instruments=INSTRUMENTS + ON_REQUEST)
         seconds = write_seconds(config, x[:config.probe_size], log_dir, writes)
-        shares = {i: seconds[i] / (getattr(config, f"{i}_every") * step) for i in INSTRUMENTS}
-        for i in INSTRUMENTS:
+        shares = {i: seconds[i] / (getattr(config, f"{i}_every") * step) for i in config.instruments}
+        for i in config.instruments:
             print(f"   {'defaults':10s} {i:12s} {config.probe_size:5d} {getattr(config, f'{i}_every'):6d} "
                   f"{seconds[i]:8.4f} {shares[i]:6.1%}")
-        print(f"   {'defaults':10s} {'all':12s} {'':5s} {'':6s} {'':8s} {sum(shares.values()):6.1%}")
+        print(f"   {'defaults':10s} {'all four':12s} {'':5s} {'':6s} {'':8s} "
+              f"{sum(shares[i] for i in INSTRUMENTS):6.1%}")
         rates = throughput(dataset, log_dir, x, window, repeats)
     base = statistics.median(rates["keras.Model"])
     print(f"\n3. fit, {repeats} interleaved windows of {window} steps per variant:")

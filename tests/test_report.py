@@ -251,7 +251,9 @@ def test_that_a_claim_whose_measures_point_different_ways_is_mixed(tmp_path, cap
         "contradicted": ["steps to threshold (never reached: train.steps)"]}
 
     assert main([str(experiment)]) == 0
-    assert "claim 1 (BN speeds up training and raises accuracy): mixed" in capsys.readouterr().out
+    assert ("claim 1 (BN speeds up training and raises accuracy): mixed (supported by final test "
+            "accuracy; contradicted by steps to threshold (never reached: train.steps))"
+            in capsys.readouterr().out)
     report = (experiment / "report" / "report.md").read_text()
     assert ("| 1. BN speeds up training and raises accuracy | *mixed* | final test accuracy "
             "| steps to threshold (never reached: train.steps) |  |") in report

@@ -138,13 +138,19 @@ class LogConfig:
     """Where run output goes."""
 
     dir: str = _field("logs", "root of all experiments' TensorBoard runs and results")
-    instruments: tuple[Literal["weights", "gradients", "jacobian", "percentiles"], ...] = _field(
-        ("weights", "gradients", "jacobian", "percentiles"), "TensorBoard instruments to record")
+    instruments: tuple[Literal["weights", "gradients", "jacobian", "percentiles", "ics",
+                               "landscape"], ...] = _field(
+        ("weights", "gradients", "jacobian", "percentiles"),
+        "TensorBoard instruments to record (ics and landscape on request)")
     weights_every: int = _field(500, "steps between weight histograms and norms", _check_positive)
     gradients_every: int = _field(100, "steps between gradient norms and histograms", _check_positive)
     jacobian_every: int = _field(5000, "steps between Jacobian spectra of the probe set", _check_positive)
     percentiles_every: int = _field(500, "steps between activation percentiles of the probe set",
                                     _check_positive)
+    ics_every: int = _field(2000, "steps between internal covariate shift measurements",
+                            _check_positive)
+    landscape_every: int = _field(5000, "steps between loss-landscape smoothness probes",
+                                  _check_positive)
     probe_size: int = _field(250, "test examples in the fixed probe set (jacobian, percentiles)",
                              _check_positive)
     jacobian_mode: Literal["inference", "batch"] = _field(

@@ -200,7 +200,7 @@ def gradient_norms(model, x, y):
             for layer in model.layers if isinstance(layer, keras.layers.Dense)}
 
 
-def internal_covariate_shift(model, x, y):
+def internal_covariate_shift(model, x, y, loss=None):
     """Internal covariate shift of each Dense layer, as Santurkar et al. (2018) define it.
 
     For layer i, G is the loss gradient with respect to its kernel at the
@@ -217,9 +217,11 @@ def internal_covariate_shift(model, x, y):
     counter and slots) are as they were.
 
     Args:
-        model: A `tfbn.build_mlp` network, compiled with a loss and an optimizer.
+        model: A `tfbn.build_mlp` network with an optimizer (``model.optimizer``,
+            as ``compile`` sets it) and, unless ``loss`` is given, a compiled loss.
         x: A batch of inputs.
-        y: Their labels, as the compiled loss expects them.
+        y: Their labels, as the loss expects them.
+        loss: ``loss(y, logits)``, a scalar tensor; by default the compiled loss.
 
     Returns:
         Dict from Dense layer name to ``{"l2": ||G - G'||, "cosine": cos(G, G')}``.
@@ -234,7 +236,7 @@ def internal_covariate_shift(model, x, y):
     # By identity: the seed generators of noisy BN's layers share one path.
     state_index = {id(v): k for k, v in enumerate(state_variables)}
     state = [tf.convert_to_tensor(v) for v in state_variables]
-    _, gradients = _value_and_gradients(_training_loss(model, x, y, state), weights)
+    _, gradients = _value_and_gradients(_training_loss(model, x, y, state, loss), weights)
     updated = _after_one_update(model.optimizer, variables, gradients)
     _, next_state = model.stateless_call(weights, state, x, training=True)
     depth = len(_hidden_blocks(model))
@@ -252,7 +254,7 @@ def internal_covariate_shift(model, x, y):
         shifted = [updated[k] if k in moved else w for k, w in enumerate(weights)]
         shifted_state = [next_state[k] if k in moved_state else v for k, v in enumerate(state)]
         _, shifted_gradients = _value_and_gradients(
-            _training_loss(model, x, y, shifted_state), shifted)
+            _training_loss(model, x, y, shifted_state, loss), shifted)
         g, g_shifted = (tf.reshape(t[index[layer.kernel.path]], [-1]).numpy().astype(np.float64)
                         for t in (gradients, shifted_gradients))
         l2 = float(np.linalg.norm(g - g_shifted))
@@ -267,7 +269,7 @@ def internal_covariate_shift(model, x, y):
 LANDSCAPE_STEPS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-def landscape_smoothness(model, x, y, etas=None):
+def landscape_smoothness(model, x, y, etas=None, loss=None):
     """How smooth the loss is along its gradient (Santurkar et al. 2018, section 3.1).
 
     With w all trainable variables, g the loss gradient on the batch
@@ -277,11 +279,12 @@ def landscape_smoothness(model, x, y, etas=None):
     changes (BN's moving statistics included).
 
     Args:
-        model: A `tfbn.build_mlp` network compiled with a loss.
+        model: A `tfbn.build_mlp` network compiled with a loss, unless ``loss`` is given.
         x: A batch of inputs.
         y: Their labels.
         etas: Positive step sizes; by default `LANDSCAPE_STEPS` times the
-            compiled optimizer's learning rate.
+            learning rate of ``model.optimizer``.
+        loss: ``loss(y, logits)``, a scalar tensor; by default the compiled loss.
 
     Returns:
         ``{"loss_variation": max - min of L(w - eta g) over the etas,
@@ -298,7 +301,8 @@ def landscape_smoothness(model, x, y, etas=None):
     if not etas or min(etas) <= 0:
         raise ValueError(f"etas must be positive step sizes, got {etas}")
     weights = [tf.convert_to_tensor(v) for v in model.trainable_variables]
-    loss = _training_loss(model, x, y, [tf.convert_to_tensor(v) for v in model.non_trainable_variables])
+    loss = _training_loss(model, x, y, [tf.convert_to_tensor(v) for v in model.non_trainable_variables],
+                          loss)
     _, gradients = _value_and_gradients(loss, weights)
     g = _concatenated(gradients)
     losses, differences, ratios = [], [], []
@@ -319,14 +323,17 @@ def _block_layers(model, i):
     return [layer for layer in model.layers if layer.name in names]
 
 
-def _training_loss(model, x, y, non_trainable):
-    """The compiled loss of a training-mode call with the given variable values, stateless."""
+def _training_loss(model, x, y, non_trainable, loss=None):
+    """The loss (by default the compiled one) of a training-mode call with the given
+    variable values, stateless."""
 
-    def loss(trainable):
+    def training_loss(trainable):
         logits, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        if loss is not None:
+            return loss(y, logits)
         return model.compute_loss(x=x, y=y, y_pred=logits, training=True)
 
-    return loss
+    return training_loss
 
 
 def _value_and_gradients(loss, weights):

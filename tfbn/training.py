@@ -19,7 +19,7 @@ import time
 
 import keras
 
-from tfbn.callbacks import StepMetrics, build_instruments
+from tfbn.callbacks import StepMetrics, TrainingSample, build_instruments
 from tfbn.data import load_data, training_indices
 from tfbn.errors import DataError
 from tfbn.models import build_mlp
@@ -174,7 +174,8 @@ class _PackDriver(keras.callbacks.Callback):
         self._metrics = [[StepMetrics(t.log_dir) for t in targets] for targets in self.branches]
         self._lists = [
             [keras.callbacks.CallbackList(
-                [metrics, *build_instruments(t.config.log, t.log_dir, d.x_test), *t.callbacks],
+                [metrics, *build_instruments(t.config.log, t.log_dir, d.x_test, _sample(t.config, d)),
+                 *t.callbacks],
                 model=network)
              for t, d, metrics in zip(targets, branch_data, branch_metrics)]
             for targets, branch_data, branch_metrics, network
@@ -220,6 +221,11 @@ class _PackDriver(keras.callbacks.Callback):
             self.results[i][j] = summarise(metrics.history, train.steps, train.threshold, seconds)
             if self.on_result:
                 self.on_result(target, self.results[i][j])
+
+
+def _sample(config, data):
+    """The training batches of a trial's optimization probes."""
+    return TrainingSample(data.x_train, data.y_train, config.train.batch_size, config.train.seed)
 
 
 def summarise(history, steps, threshold, seconds):

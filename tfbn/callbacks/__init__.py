@@ -6,17 +6,19 @@
 from tfbn.callbacks.batch_statistics import BatchStatisticsEvaluation
 from tfbn.callbacks.gradients import Gradients
 from tfbn.callbacks.jacobian import JacobianSpectrum
+from tfbn.callbacks.optimization import CovariateShift, LandscapeSmoothness, TrainingSample
 from tfbn.callbacks.percentiles import ActivationPercentiles
 from tfbn.callbacks.progress import Progress
 from tfbn.callbacks.step_metrics import StepMetrics
 from tfbn.callbacks.weights import Weights
 
 
-__all__ = ["ActivationPercentiles", "BatchStatisticsEvaluation", "Gradients", "JacobianSpectrum",
-           "Progress", "StepMetrics", "Weights", "build_instruments"]
+__all__ = ["ActivationPercentiles", "BatchStatisticsEvaluation", "CovariateShift", "Gradients",
+           "JacobianSpectrum", "LandscapeSmoothness", "Progress", "StepMetrics", "TrainingSample",
+           "Weights", "build_instruments"]
 
 
-def build_instruments(log_config, log_dir, probe_x):
+def build_instruments(log_config, log_dir, probe_x, sample=None):
     """The instrument callbacks that ``log_config.instruments`` enables.
 
     Args:
@@ -26,6 +28,8 @@ def build_instruments(log_config, log_dir, probe_x):
             so TensorBoard shows them as one run.
         probe_x: Test inputs; the first ``log_config.probe_size`` of them
             form the probe set of the Jacobian and percentile instruments.
+        sample: A `TrainingSample`, the training batches of the ``ics`` and
+            ``landscape`` instruments; needed when either is enabled.
 
     Returns:
         A list of callbacks, in the order of ``log_config.instruments``.
@@ -33,9 +37,13 @@ def build_instruments(log_config, log_dir, probe_x):
     Example:
 
     ```python
-    callbacks = build_instruments(config.log, log_dir, data.x_test)
+    sample = TrainingSample(data.x_train, data.y_train, config.train.batch_size, config.train.seed)
+    callbacks = build_instruments(config.log, log_dir, data.x_test, sample)
     ```
     """
+    if sample is None and {"ics", "landscape"} & set(log_config.instruments):
+        raise ValueError("the ics and landscape instruments probe training batches: "
+                         "pass sample=TrainingSample(...)")
     probe = probe_x[:log_config.probe_size]
     builders = {
         "weights": lambda: Weights(log_dir, log_config.weights_every),
@@ -43,5 +51,7 @@ def build_instruments(log_config, log_dir, probe_x):
         "jacobian": lambda: JacobianSpectrum(log_dir, probe, log_config.jacobian_every,
                                              log_config.jacobian_mode),
         "percentiles": lambda: ActivationPercentiles(log_dir, probe, log_config.percentiles_every),
+        "ics": lambda: CovariateShift(log_dir, sample, log_config.ics_every),
+        "landscape": lambda: LandscapeSmoothness(log_dir, sample, log_config.landscape_every),
     }
     return [builders[name]() for name in log_config.instruments]

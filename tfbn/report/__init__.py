@@ -27,7 +27,9 @@ from tfbn.errors import UserError
 from tfbn.report.document import build_document
 from tfbn.report.figures import draw_figures, write_image_summaries
 from tfbn.report.render import to_html, to_markdown
-from tfbn.report.summaries import CLAIMS, claim_verdicts, summarise_levels, summarise_mechanisms
+from tfbn.report.stats import CONTRADICTED, MIXED, SUPPORTED
+from tfbn.report.summaries import (CLAIMS, claim_sides, claim_verdicts, summarise_levels,
+                                   summarise_mechanisms)
 from tfbn.report.trials import load_study
 
 
@@ -74,7 +76,12 @@ def main(argv=None):
     except UserError as e:
         print(f"tfbn: error: {e}", file=sys.stderr)
         return 2
+    sides = claim_sides(measures)
     for claim, verdict in claim_verdicts(measures).items():
-        print(f"claim {claim} ({CLAIMS[claim]}): {verdict}")
+        detail = ""
+        if verdict == MIXED:
+            detail = " (" + "; ".join(f"{side} by {', '.join(sides[claim][side])}"
+                                      for side in (SUPPORTED, CONTRADICTED)) + ")"
+        print(f"claim {claim} ({CLAIMS[claim]}): {verdict}{detail}")
     print(f"report: {path} (and report.html beside it)")
     return 0

@@ -3,8 +3,8 @@
 * `summarise_levels` (Summary I): for each level of each compared factor, and
   over all trials, the effect of each BN arm against ``none`` on final test
   accuracy and on steps to the accuracy threshold.
-* `summarise_mechanisms` (Summary II): one row per measure of the six claims of
-  the study, BN before the activation against ``none``, over all pairs.
+* `summarise_mechanisms` (Summary II): one row per measure of the claims, BN
+  before the activation against ``none`` (and noisy BN against BN), over all pairs.
 
 Each table's p-values are Holm-adjusted across its tests
 (`tfbn.report.stats.holm_adjusted`), and its verdicts come from the adjusted ones.
@@ -20,6 +20,9 @@ from tfbn.report.stats import combine, holm_adjusted, paired_effect
 
 OVERALL = "all"
 SATURATING = ("sigmoid", "tanh")
+NOISY = "noisy"
+# Instruments that are off unless log.instruments names them.
+ON_REQUEST = ("ics", "landscape")
 
 CLAIMS = {
     1: "BN speeds up training and raises accuracy",
@@ -28,6 +31,9 @@ CLAIMS = {
     4: "BN tackles vanishing gradients",
     5: "BN improves gradient flow (isometry of backprop)",
     6: "BN lets saturating nonlinearities train and tolerates higher learning rates",
+    7: "BN reduces internal covariate shift",
+    8: "BN makes the loss landscape smoother",
+    9: "BN's gain rests on a low covariate shift: noisy BN's larger shift costs accuracy",
 }
 
 
@@ -163,14 +169,27 @@ def summarise_mechanisms(study):
          _isometry("network"), "jacobian"),
         (5, "|ln mean squared singular value|, hidden blocks' Jacobians (mean)", -1,
          _isometry("dense_"), "jacobian"),
+        (7, "mean over training and layers of log10 ||G - G'||", -1, _mean_log10("ics/l2/"), "ics"),
+        (7, "mean over training and layers of cos(G, G')", +1, _mean("ics/cosine/"), "ics"),
+        (8, "mean over training of log10 loss variation along the gradient", -1,
+         _mean_log10("landscape/loss_variation"), "landscape"),
+        (8, "mean over training of log10 gradient predictiveness ||g - g_eta||", -1,
+         _mean_log10("landscape/gradient_predictiveness"), "landscape"),
+        (8, "mean over training of log10 effective beta-smoothness", -1,
+         _mean_log10("landscape/beta_smoothness"), "landscape"),
     ]
     measures = []
     for claim, name, better, value, instrument in specs:
+        if instrument in ON_REQUEST and instrument not in study.config.log.instruments:
+            continue  # claims 7 and 8 appear where a study asked for their instruments
         effect = _effect(pairs, value, better)
         note = (f"no data: the {instrument} instrument was off or recorded too little "
                 f"(lower log.{instrument}_every)" if instrument and not effect.n else "")
         measures.append(Measure(claim, name, better, effect, note))
     measures += _saturating_measures(study, arm)
+    if "ics" in study.config.log.instruments:
+        measures += _noise_measures(study, arm)
+    measures.sort(key=lambda m: m.claim)
     return [dataclasses.replace(m, effect=effect)
             for m, effect in zip(measures, holm_adjusted([m.effect for m in measures]))]
 
@@ -206,6 +225,46 @@ def _saturating_measures(study, arm):
                                 _effect(study.pairs(arm, learning_rate=top), final_accuracy, +1),
                                 f"learning_rate {top}"))
     return measures
+
+
+def _noise_measures(study, arm):
+    """Claim 9, noisy BN against BN (Santurkar et al. 2018): the noise raises the
+    covariate shift by design; if a low shift were why BN helps, it would cost
+    accuracy and speed as well."""
+    if NOISY not in study.arms or arm == NOISY:
+        return []
+    pairs = study.pairs(NOISY, against=arm)
+    note = f"noisy minus {arm}"
+    return [Measure(9, "mean over training and layers of log10 ||G - G'|| (the noise's effect)", +1,
+                    _effect(pairs, _mean_log10("ics/l2/"), +1), note),
+            Measure(9, "final test accuracy", -1, _effect(pairs, final_accuracy, -1), note),
+            # BN's moving statistics were gathered with the noise on, and evaluation has it
+            # off; with each test batch's own statistics that mismatch is gone.
+            Measure(9, "final test accuracy, test-batch statistics", -1,
+                    _effect(pairs, _batch_statistics_accuracy, -1), note),
+            Measure(9, "steps to threshold (never reached: train.steps)", +1,
+                    _effect(pairs, steps_to_threshold(study), +1), note)]
+
+
+def _batch_statistics_accuracy(trial):
+    return trial.number("final_accuracy_batch_stats")
+
+
+def _mean(prefix):
+    """Per trial: the mean of every finite value of the scalar tags that start with ``prefix``."""
+    def mean(trial):
+        values = np.concatenate([trial.scalar(t)[1] for t in sorted(trial.tags(prefix))] or [[]])
+        return float(np.mean(values)) if len(values) else math.nan
+    return mean
+
+
+def _mean_log10(prefix):
+    """Per trial: the mean log10 of the positive values of the scalar tags that start with ``prefix``."""
+    def mean(trial):
+        values = np.concatenate([trial.scalar(t)[1] for t in sorted(trial.tags(prefix))] or [[]])
+        values = values[values > 0]
+        return float(np.mean(np.log10(values))) if len(values) else math.nan
+    return mean
 
 
 def _effect(pairs, measure, better):

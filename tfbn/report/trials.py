@@ -169,13 +169,13 @@ class Study:
         return [t for t in self.trials if t.status != "failed"
                 and all(t.levels[f] == str(v) for f, v in fixed.items())]
 
-    def pairs(self, arm, **levels):
-        """``(arm trial, none trial)`` pairs that differ only in ``bn``.
+    def pairs(self, arm, against=CONTROL, **levels):
+        """``(arm trial, against trial)`` pairs that differ only in ``bn``, against ``none`` by default.
 
         Same seed and factor levels mean the same initial kernels and the
         same batches in the same order, so a pair isolates BN's effect.
         """
-        controls = {_key(t): t for t in self.select(**levels, bn=CONTROL)}
+        controls = {_key(t): t for t in self.select(**levels, bn=against)}
         return [(t, controls[_key(t)]) for t in self.select(**levels, bn=arm) if _key(t) in controls]
 
 
