@@ -143,9 +143,13 @@ def test_that_the_report_gives_the_verdicts_built_into_a_synthetic_study(synthet
         (5, "supported"),     # network Jacobian
         (5, "supported"),     # hidden blocks' Jacobians
         (6, "supported"),     # sigmoid's final accuracy
+        (10, "inconclusive"),  # no learning_rate factor: no pairs
     ]
     assert claim_verdicts(measures) == {1: "supported", 2: "supported", 3: "contradicted",
-                                        4: "supported", 5: "supported", 6: "supported"}
+                                        4: "supported", 5: "supported", 6: "supported",
+                                        10: "not tested by this study"}
+    assert measures[-1].note == ("not tested by this study: configs/learning_rates.yaml sweeps "
+                                 "the learning rate")
 
     accuracy = measures[0].effect
     differences = pair_differences(lambda point, r: r["final_accuracy"])
@@ -257,8 +261,10 @@ def test_that_a_claim_whose_measures_point_different_ways_is_mixed(tmp_path, cap
     report = (experiment / "report" / "report.md").read_text()
     assert ("| 1. BN speeds up training and raises accuracy | *mixed* | final test accuracy "
             "| steps to threshold (never reached: train.steps) |  |") in report
-    assert "| 6. BN lets saturating nonlinearities train and tolerates higher learning rates " \
+    # Claim 6's halves are claims 6 and 10; this study tests only the first.
+    assert "| 6. BN lets saturating nonlinearities train " \
            "| *supported* | final test accuracy, saturating nonlinearities |  |  |" in report
+    assert "| 10. BN tolerates higher learning rates | *not tested by this study* |" in report
 
 
 def test_that_the_report_lists_failed_and_diverged_trials_and_skips_what_it_lacks(synthetic, capsys):
@@ -340,6 +346,35 @@ def test_that_jacobian_spectra_of_step_zero_alone_give_no_isometry_measure(tmp_p
         assert measure.effect.n == 0 and measure.effect.verdict == "inconclusive"
         assert measure.note == ("no data: the jacobian instrument was off or recorded too little "
                                 "(lower log.jacobian_every)")
+
+
+def test_that_claim_10_compares_the_largest_learning_rate_each_arm_trains_at(tmp_path):
+    rates = [0.01, 0.1, 1.0]
+    config = parse_config({"experiment": "rates", "log": {"dir": str(tmp_path)},
+                           "train": {"steps": 1000, "threshold": 0.9},
+                           "study": {"factors": {"learning_rate": rates, "bn": ["none", "before"],
+                                                 "seed": [0, 1, 2]}}})
+    # Largest rate that reaches 0.9 without diverging, per seed: none 0.1, 0.01 and no rate at
+    # all (the floor, a decade below the grid: 0.001); before 1.0 (diverging at 1.0 with
+    # seed 1, so 0.1 there) and 1.0.
+    tolerated = {"none": (0.1, 0.01, None), "before": (1.0, 0.1, 1.0)}
+
+    def result(point):
+        largest = tolerated[point["bn"]][point["seed"]]
+        rate = point["learning_rate"]
+        diverged = point["bn"] == "before" and point["seed"] == 1 and rate == 1.0
+        reached = largest is not None and rate <= largest or diverged
+        return {"status": "diverged" if diverged else "ok", "final_accuracy": 0.95 if reached else 0.5,
+                "steps_to_threshold": 400 if reached else None}
+
+    measures = summarise_mechanisms(load_study(str(write_study(config, result))))
+    largest, top = [m for m in measures if m.claim == 10]
+    assert largest.effect.n == 3
+    # log10 differences: 0 - (-1), -1 - (-2), 0 - (-3).
+    assert largest.effect.mean == pytest.approx(np.mean([1, 1, 3]))
+    assert largest.note == "rates 0.01, 0.1, 1; none trained: 0.001"
+    assert top.effect.n == 3 and top.note == "learning_rate 1.0"
+    assert top.effect.mean == pytest.approx(np.mean([0.45, 0.45, 0.45]))
 
 
 def test_that_the_command_line_names_a_folder_without_a_study(tmp_path, capsys):

@@ -153,6 +153,12 @@ def _method(study):
         "kernel L2 norm at the last recorded step over the first, mean over Dense layers. "
         "Claim 4: gradient L2 norms of the Dense kernels. Claim 5: the mean squared singular "
         "value of the Jacobian over the probe set, |ln| of it (0 is isometry in the mean).",
+        "Claims 7 to 9 (Santurkar et al. 2018, with the `ics` and `landscape` instruments): G and "
+        "G' are a layer's kernel gradient on a training batch before and after the earlier layers "
+        "take that step's update; the landscape measures follow the gradient over 0.25x to 4x the "
+        "learning rate. Claim 9 compares noisy BN with BN. Claim 10: per seed and other levels, the "
+        "largest learning rate whose trial reached the threshold without diverging, in log10 (a "
+        "decade below the grid when none did).",
         f"Report written from `{os.path.join(study.experiment_dir, 'results.csv')}` and the "
         "trials' TensorBoard event files.",
     )

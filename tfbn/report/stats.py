@@ -27,6 +27,7 @@ ALPHA = 0.05
 CONFIDENCE = 1 - ALPHA
 MIN_PAIRS = 2
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, MIXED = "supported", "contradicted", "inconclusive", "mixed"
+NOT_TESTED = "not tested by this study"  # a claim none of whose measures has a pair
 
 RULE = (f"A measure is *{SUPPORTED}* when the mean paired difference (BN arm minus `none`; "
         "Student's t over the pairs, `scipy.stats.ttest_rel`, whose "

@@ -16,7 +16,8 @@ import re
 
 import numpy as np
 
-from tfbn.report.stats import combine, holm_adjusted, paired_effect
+from tfbn.report.stats import NOT_TESTED, combine, holm_adjusted, paired_effect
+from tfbn.report.trials import CONTROL
 
 OVERALL = "all"
 SATURATING = ("sigmoid", "tanh")
@@ -30,11 +31,14 @@ CLAIMS = {
     3: "BN regularizes the growth of the weights",
     4: "BN tackles vanishing gradients",
     5: "BN improves gradient flow (isometry of backprop)",
-    6: "BN lets saturating nonlinearities train and tolerates higher learning rates",
+    6: "BN lets saturating nonlinearities train",
     7: "BN reduces internal covariate shift",
     8: "BN makes the loss landscape smoother",
     9: "BN's gain rests on a low covariate shift: noisy BN's larger shift costs accuracy",
+    10: "BN tolerates higher learning rates",  # the second half of the sources' claim 6
 }
+# The config that tests claim 10, named where a study does not.
+LEARNING_RATE_CONFIG = "configs/learning_rates.yaml"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +191,7 @@ def summarise_mechanisms(study):
                 f"(lower log.{instrument}_every)" if instrument and not effect.n else "")
         measures.append(Measure(claim, name, better, effect, note))
     measures += _saturating_measures(study, arm)
+    measures += _learning_rate_measures(study, arm)
     if "ics" in study.config.log.instruments:
         measures += _noise_measures(study, arm)
     measures.sort(key=lambda m: m.claim)
@@ -195,8 +200,11 @@ def summarise_mechanisms(study):
 
 
 def claim_verdicts(measures):
-    """Claim number -> its verdict from its measures (`tfbn.report.stats.combine`)."""
-    return {claim: combine(sides) for claim, sides in claim_sides(measures).items()}
+    """Claim number -> its verdict from its measures (`tfbn.report.stats.combine`);
+    `NOT_TESTED` when none of its measures has a pair."""
+    tested = {m.claim for m in measures if m.effect.n}
+    return {claim: combine(sides) if claim in tested else NOT_TESTED
+            for claim, sides in claim_sides(measures).items()}
 
 
 def claim_sides(measures):
@@ -216,15 +224,38 @@ def _saturating_measures(study, arm):
         pairs, note = study.pairs(arm), f"all trials use {study.config.model.activation}"
     else:
         pairs, note = [], "no saturating activation in this study"
-    measures = [Measure(6, "final test accuracy, saturating nonlinearities", +1,
-                        _effect(pairs, final_accuracy, +1), note)]
-    rates = study.factors.get("learning_rate", ())
-    if len(rates) > 1:
-        top = max(rates, key=float)
-        measures.append(Measure(6, "final test accuracy, highest learning rate", +1,
-                                _effect(study.pairs(arm, learning_rate=top), final_accuracy, +1),
-                                f"learning_rate {top}"))
-    return measures
+    return [Measure(6, "final test accuracy, saturating nonlinearities", +1,
+                    _effect(pairs, final_accuracy, +1), note)]
+
+
+def _learning_rate_measures(study, arm):
+    """Claim 10: the largest learning rate each arm tolerates, per seed and other levels."""
+    rates = sorted(map(float, study.factors.get("learning_rate", ())))
+    name = "log10 of the largest learning rate that reached the threshold without diverging"
+    if len(rates) < 2:
+        return [Measure(10, name, +1, paired_effect([], [], +1),
+                        f"not tested by this study: {LEARNING_RATE_CONFIG} sweeps the learning rate")]
+    # A group that no rate trains counts one decade below the grid.
+    floor = math.log10(rates[0]) - 1
+
+    def tolerated(trials):
+        groups = {}
+        for t in trials:
+            key = tuple((f, v) for f, v in t.levels.items() if f not in ("bn", "learning_rate"))
+            groups.setdefault(key, []).append(t)
+        return {key: max((math.log10(float(t.levels["learning_rate"])) for t in group
+                          if t.status == "ok" and not math.isnan(t.number("steps_to_threshold"))),
+                         default=floor)
+                for key, group in groups.items()}
+
+    treated, control = tolerated(study.select(bn=arm)), tolerated(study.select(bn=CONTROL))
+    keys = [k for k in treated if k in control]
+    top = next(level for level in study.factors["learning_rate"] if float(level) == rates[-1])
+    return [Measure(10, name, +1, paired_effect([treated[k] for k in keys], [control[k] for k in keys], +1),
+                    f"rates {', '.join(f'{r:g}' for r in rates)}; none trained: {10 ** floor:g}"),
+            Measure(10, "final test accuracy, highest learning rate", +1,
+                    _effect(study.pairs(arm, learning_rate=top), final_accuracy, +1),
+                    f"learning_rate {top}")]
 
 
 def _noise_measures(study, arm):
