@@ -10,12 +10,13 @@ import urllib.request
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 import tfbn
-from tfbn.callbacks import (ActivationPercentiles, Gradients, JacobianSpectrum, Weights,
-                            build_instruments)
+from tfbn.callbacks import (ActivationPercentiles, Gradients, JacobianSpectrum, TrainingSample,
+                            Weights, build_instruments)
 from tfbn.config import LogConfig
 from tfbn.instruments import jacobian_singular_values, spectrum_statistics
 
@@ -121,6 +122,24 @@ def test_that_gradients_logs_the_norm_and_mean_of_the_last_applied_gradient(tmp_
         assert histograms[f"grad/{name}"][STEPS][:, 2].sum() == gradient.size
     # Each write reads the gradient of its own step.
     assert scalars["grad_norm/dense_1"][8] != scalars["grad_norm/dense_1"][12]
+
+
+@pytest.mark.parametrize("bn", ["before", "none"])
+def test_that_gradients_with_a_training_sample_logs_the_initial_networks_gradient_at_step_0(tmp_path, bn):
+    rng = np.random.default_rng(5)
+    sample = TrainingSample(rng.normal(size=(100, 12)).astype("float32"), rng.integers(0, 4, 100), 16, 0)
+    train([Gradients(str(tmp_path), EVERY, sample)], bn=bn)
+    scalars, histograms = read_summaries(tmp_path)
+    assert sorted(scalars["grad_norm/dense_1"]) == LOGGED_STEPS
+    # Independently: the same initial network (same seed), its own tape, BN by the batch's statistics.
+    initial = tfbn.build_mlp((12,), 4, (8, 6), "sigmoid", bn, seed=0)
+    x, y = sample.batch(0)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, initial(x, training=True))
+    layers = ("dense_1", "dense_2", "logits")
+    for name, gradient in zip(layers, tape.gradient(loss, [initial.get_layer(n).kernel for n in layers])):
+        np.testing.assert_allclose(scalars[f"grad_norm/{name}"][0], np.linalg.norm(gradient), rtol=1e-5)
+        assert histograms[f"grad/{name}"][0][:, 2].sum() == gradient.numpy().size
 
 
 @pytest.mark.parametrize("mode", ["inference", "batch"])

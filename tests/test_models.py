@@ -1,8 +1,13 @@
+import pathlib
+
 import keras
 import numpy as np
 import pytest
 
 import tfbn
+from tfbn.config import load_config
+from tfbn.data import load_data
+from tfbn.training import build_model
 
 HIDDEN = (16, 8)
 
@@ -92,3 +97,29 @@ def test_that_synchronized_statistics_reach_keras_batch_normalization():
     model = tfbn.build_mlp((20,), 3, HIDDEN, bn="after", bn_synchronized=True)
     assert model.get_layer("bn_1").synchronized
     assert not tfbn.build_mlp((20,), 3, HIDDEN, bn="after").get_layer("bn_1").synchronized
+
+
+def test_that_the_config_chooses_the_hidden_and_the_logits_initializers():
+    quickstart = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+    data = load_data(load_config(quickstart).data)
+    course = build_model(load_config(quickstart), data)
+    chosen = build_model(load_config(quickstart, ["model.initializer=glorot",
+                                                  "model.logits_initializer=0.5"]), data)
+    # Glorot uniform on dense_2 (100 -> 100): bounded by sqrt(6 / 200), spread evenly.
+    kernel = chosen.get_layer("dense_2").kernel.numpy()
+    limit = np.sqrt(6 / 200)
+    assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.99 * limit
+    assert kernel.std() == pytest.approx(limit / np.sqrt(3), rel=0.02)
+    # A truncated normal of std 0.5 (beyond two std redrawn) on the logits: std 0.5 * 0.880.
+    logits = chosen.get_layer("logits").kernel.numpy()
+    assert np.abs(logits).max() <= 1.0 and logits.std() == pytest.approx(0.5 * 0.8796, rel=0.05)
+    # The default is the course project's, on every layer including the logits.
+    default = course.get_layer("logits").kernel.numpy()
+    assert default.std() == pytest.approx(np.sqrt(2 / 100) * 0.8796, rel=0.1)
+    he = tfbn.models.initializer_from("he")(100, 3)((100, 100)).numpy()
+    assert he.std() == pytest.approx(np.sqrt(2 / 100), rel=0.03)  # rescaled after truncation
+
+
+def test_that_an_unknown_initializer_names_the_choices():
+    with pytest.raises(tfbn.errors.ConfigError, match="course, glorot, he"):
+        tfbn.models.initializer_from("xavier")

@@ -65,6 +65,11 @@ def _check_interval(value, key):
         raise ConfigError(f"{key}: give [low, high] with low <= high, got {list(value)!r}")
 
 
+def _check_initializer(value, key):
+    if isinstance(value, float) and value <= 0:
+        raise ConfigError(f"{key}: a std must be positive, got {value}; or choose course, glorot or he")
+
+
 def _check_pack(value, key):
     if isinstance(value, int) and value < 1:
         raise ConfigError(f"{key}: give auto, off or a positive number of branches, got {value!r}")
@@ -112,6 +117,12 @@ class ModelConfig:
     noise_scale: tuple[float, ...] = _field(
         (1.0, 2.0), "noisy BN: low and high of each unit's uniform scale, drawn every step",
         _check_interval)
+    initializer: Union[Literal["course", "glorot", "he"], float] = _field(
+        "course", "hidden kernels: the course project's truncated normal, std sqrt(2/fan_in); "
+                  "glorot; he; or a truncated normal's std", _check_initializer)
+    logits_initializer: Union[Literal["course", "glorot", "he"], float, None] = _field(
+        None, "the logits layer's kernel, the same choices; null: as model.initializer",
+        _check_initializer)
     bn_sync: bool = _field(True, "under several replicas, BN statistics over the global batch, "
                                  "not each replica's slice")
 

@@ -7,6 +7,7 @@
   and SVD; slow, the reference that tests compare against.
 * `spectrum_statistics`: summary numbers of such singular values.
 * `gradient_norms`: L2 norm of the loss gradient with respect to each kernel.
+* `kernel_gradients`: that gradient itself.
 * `internal_covariate_shift`: how much the update of the earlier layers
   changes each layer's gradient (Santurkar et al. 2018, definition 2.1).
 * `landscape_smoothness`: how the loss and its gradient vary along the
@@ -188,6 +189,15 @@ def gradient_norms(model, x, y):
     Returns:
         Dict from layer name to the norm, a float.
     """
+    return {name: float(np.linalg.norm(g)) for name, g in kernel_gradients(model, x, y).items()}
+
+
+def kernel_gradients(model, x, y):
+    """The loss gradient with respect to each Dense kernel, as `gradient_norms` defines the loss.
+
+    Returns:
+        Dict from layer name to the gradient, a numpy array of the kernel's shape.
+    """
     trainable = [tf.convert_to_tensor(v) for v in model.trainable_variables]
     non_trainable = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
     with tf.GradientTape() as tape:
@@ -196,7 +206,7 @@ def gradient_norms(model, x, y):
         logits, _ = model.stateless_call(trainable, non_trainable, x, training=True)
         loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
     gradients = dict(zip((v.path for v in model.trainable_variables), tape.gradient(loss, trainable)))
-    return {layer.name: float(tf.norm(gradients[layer.kernel.path]))
+    return {layer.name: gradients[layer.kernel.path].numpy()
             for layer in model.layers if isinstance(layer, keras.layers.Dense)}
 
 

@@ -41,6 +41,31 @@ def course_initializer(fan_in, seed):
     return keras.initializers.TruncatedNormal(stddev=math.sqrt(2.0 / fan_in), seed=seed)
 
 
+# Kernel initializers by name (`initializer_from`); a number is a truncated normal's std.
+INITIALIZERS = ("course", "glorot", "he")
+
+
+def initializer_from(choice):
+    """A ``(fan_in, seed)`` -> Keras initializer callable, for `build_mlp`, from a config value.
+
+    Args:
+        choice: ``"course"`` (`course_initializer`), ``"glorot"`` (Keras's
+            Glorot uniform), ``"he"`` (Keras's He normal, a truncated normal
+            rescaled to std ``sqrt(2 / fan_in)`` after truncation) or a positive
+            number: a truncated normal with that std for every layer.
+    """
+    if isinstance(choice, (int, float)) and not isinstance(choice, bool):
+        if choice <= 0:
+            raise ConfigError(f"initializer: a std must be positive, got {choice}")
+        return lambda fan_in, seed: keras.initializers.TruncatedNormal(stddev=float(choice), seed=seed)
+    _check_choice("initializer", choice, INITIALIZERS)
+    return {
+        "course": course_initializer,
+        "glorot": lambda fan_in, seed: keras.initializers.GlorotUniform(seed=seed),
+        "he": lambda fan_in, seed: keras.initializers.HeNormal(seed=seed),
+    }[choice]
+
+
 def build_mlp(
     input_shape=(784,),
     num_classes=10,
@@ -56,6 +81,7 @@ def build_mlp(
     noise_shift=(0.0, 1.0),
     noise_scale=(1.0, 2.0),
     kernel_initializer=None,
+    logits_initializer=None,
 ):
     """Builds an uncompiled MLP classifier.
 
@@ -84,7 +110,9 @@ def build_mlp(
         noise_scale: ``(low, high)`` of noisy BN's per-unit uniform scale.
         kernel_initializer: ``None`` for the course project's truncated normal
             with std ``sqrt(2 / fan_in)``, or a callable ``(fan_in, seed)`` that
-            returns a Keras initializer.
+            returns a Keras initializer (`initializer_from` makes one from a name).
+        logits_initializer: The same for the ``logits`` layer; ``None``: as
+            ``kernel_initializer``.
 
     Returns:
         An uncompiled `MLP` that maps images to logits.
@@ -119,7 +147,7 @@ def build_mlp(
         fan_in = units
     logits = keras.layers.Dense(
         num_classes,
-        kernel_initializer=make_initializer(fan_in, seed + len(hidden_units) + 1),
+        kernel_initializer=(logits_initializer or make_initializer)(fan_in, seed + len(hidden_units) + 1),
         name="logits",
     )(x)
     return MLP(inputs, logits, name=f"mlp_bn_{bn}")

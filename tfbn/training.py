@@ -22,7 +22,7 @@ import keras
 from tfbn.callbacks import StepMetrics, TrainingSample, build_instruments
 from tfbn.data import load_data, training_indices
 from tfbn.errors import DataError
-from tfbn.models import build_mlp
+from tfbn.models import build_mlp, initializer_from
 from tfbn.packed import PackEvaluation, PackedModel
 
 # Keras runs this many steps per call into the graph; per-step Python dispatch
@@ -63,6 +63,8 @@ def build_model(config, data):
         bn_synchronized=config.model.bn_sync,
         noise_shift=m.noise_shift,
         noise_scale=m.noise_scale,
+        kernel_initializer=initializer_from(m.initializer),
+        logits_initializer=None if m.logits_initializer is None else initializer_from(m.logits_initializer),
     )
 
 

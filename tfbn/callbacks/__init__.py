@@ -29,7 +29,8 @@ def build_instruments(log_config, log_dir, probe_x, sample=None):
         probe_x: Test inputs; the first ``log_config.probe_size`` of them
             form the probe set of the Jacobian and percentile instruments.
         sample: A `TrainingSample`, the training batches of the ``ics`` and
-            ``landscape`` instruments; needed when either is enabled.
+            ``landscape`` instruments (needed when either is enabled) and of
+            the ``gradients`` instrument's write at the start of training.
 
     Returns:
         A list of callbacks, in the order of ``log_config.instruments``.
@@ -47,7 +48,7 @@ def build_instruments(log_config, log_dir, probe_x, sample=None):
     probe = probe_x[:log_config.probe_size]
     builders = {
         "weights": lambda: Weights(log_dir, log_config.weights_every),
-        "gradients": lambda: Gradients(log_dir, log_config.gradients_every),
+        "gradients": lambda: Gradients(log_dir, log_config.gradients_every, sample),
         "jacobian": lambda: JacobianSpectrum(log_dir, probe, log_config.jacobian_every,
                                              log_config.jacobian_mode),
         "percentiles": lambda: ActivationPercentiles(log_dir, probe, log_config.percentiles_every),

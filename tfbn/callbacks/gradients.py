@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from tfbn import instruments
 from tfbn.callbacks.periodic import Periodic
 
 
@@ -15,23 +16,40 @@ class Gradients(Periodic):
     Tags: ``grad_norm/<layer>`` (L2 norm) and ``grad_mean_abs/<layer>`` (mean
     absolute value) scalars, and ``grad/<layer>`` histograms.
 
+    With a `tfbn.callbacks.TrainingSample`, it also writes when training
+    begins, before any step has applied a gradient: the initial network's
+    gradient on the sample's batch for that step
+    (`tfbn.instruments.kernel_gradients`), so that the initial value is visible.
+
     Args:
         log_dir: The run directory the event file goes to.
         every: Training steps between two writes.
+        sample: A `tfbn.callbacks.TrainingSample`, or None for no write at the start.
     """
 
-    log_at_start = False  # no gradient has been computed yet
+    def __init__(self, log_dir, every, sample=None):
+        super().__init__(log_dir, every)
+        self.sample = sample
+        self.log_at_start = sample is not None
+        self._starting = False
 
     def on_train_begin(self, logs=None):
         if not hasattr(self.model, "kernel_gradients"):
             raise TypeError(f"Gradients needs a tfbn.models.MLP (from tfbn.build_mlp), "
                             f"got {type(self.model).__name__}")
-        super().on_train_begin(logs)
+        self._starting = True
+        try:
+            super().on_train_begin(logs)
+        finally:
+            self._starting = False
 
     def measure(self):
+        if self._starting:
+            gradients = instruments.kernel_gradients(self.model, *self.sample.batch(self._step()))
+        else:
+            gradients = {name: v.numpy() for name, v in self.model.kernel_gradients.items()}
         scalars, histograms = {}, {}
-        for name, variable in self.model.kernel_gradients.items():
-            gradient = variable.numpy()
+        for name, gradient in gradients.items():
             scalars[f"grad_norm/{name}"] = np.linalg.norm(gradient)
             scalars[f"grad_mean_abs/{name}"] = np.abs(gradient).mean()
             histograms[f"grad/{name}"] = gradient
