@@ -1,5 +1,6 @@
 import contextlib
 import copy
+import dataclasses
 import json
 import socket
 import subprocess
@@ -88,6 +89,16 @@ def test_that_each_instrument_writes_exactly_its_tags_at_the_crossed_steps(tmp_p
     steps = LOGGED_STEPS[1:] if instrument == "gradients" else LOGGED_STEPS
     for values in [*scalars.values(), *histograms.values()]:
         assert sorted(values) == steps
+
+
+@pytest.mark.parametrize("instrument", INSTRUMENTS)
+def test_that_each_instrument_also_records_the_last_step_of_training(tmp_path, instrument):
+    # Every 7 steps in chunks of 4: multiples crossed at 8 and 16; training ends at 20.
+    config = dataclasses.replace(log_config(instrument), **{f"{instrument}_every": 7})
+    train(build_instruments(config, str(tmp_path), np.zeros((50, 12), "float32")))
+    scalars, _ = read_summaries(tmp_path)
+    start = [] if instrument == "gradients" else [0]
+    assert all(sorted(values) == [*start, 8, 16, STEPS] for values in scalars.values())
 
 
 def test_that_weights_logs_the_kernel_norms_and_every_weight_in_its_histograms(tmp_path):

@@ -275,7 +275,12 @@ def test_that_the_report_lists_failed_and_diverged_trials_and_skips_what_it_lack
     report = (experiment / "report" / "report.md").read_text()
     assert f"`{FAILED}`: ValueError: boom" in report
     assert f"`{DIVERGED}`: stopped at step 300" in report
-    assert "Skipped: the study has no test_ratio factor." in report
+    # The per-trial table, from results.csv (synthetic_result: sigmoid, none, seed 2 is 0.74).
+    assert f"| `{DIVERGED}` | diverged | 0.7400 | 0.7400 | 200 | – | 1.0 |" in report
+    assert f"| `{FAILED}` | failed | – | – | – | – | – |" in report
+    assert "Each design point ran with one seed" not in report
+    assert ("Skipped: the study has no test_ratio factor (configs/course2017_class_ratio.yaml "
+            "varies it).") in report
     assert "| 3. BN regularizes the growth of the weights | *contradicted* |" in report
     # Both p-values beside each test; relu's gain is supported by its raw p alone, not after Holm.
     assert ("| activation | relu | before | 3 | +0.0400 [+0.0152, +0.0648] | 0.02 | 0.081 "
@@ -313,6 +318,7 @@ def test_that_a_study_without_a_none_arm_gets_no_verdicts(tmp_path):
     # A second report replaces the first's TensorBoard run instead of adding to it.
     assert len(list((experiment / "report").glob("events.out.tfevents.*"))) == 1
     assert "No verdicts: the study has no BN arm paired with `none`" in report
+    assert "| `bn=after,seed=1` | ok | 0.9000 | – | never | – | – |" in report
     assert report.count("No BN arm to compare with `none`.") == 2
     assert "Skipped: no trial logged accuracy/test." in report
 

@@ -19,7 +19,9 @@ class Periodic(keras.callbacks.Callback):
     past the multiple by less than one chunk: the model is then measured at
     the step reached and written against that step. Subclasses with
     ``log_at_start`` also write once when training begins (step 0 for a new
-    model), so that the initial state is visible.
+    model), so that the initial state is visible. Every instrument also
+    writes when training ends, unless it just wrote that step, so that the
+    last recorded step is the end of training.
 
     Args:
         log_dir: The run directory the event file goes to.
@@ -33,14 +35,14 @@ class Periodic(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.every = every
         self._writer = None
-        self._previous_step = None
+        self._first_step = self._previous_step = self._written_step = None
 
     def measure(self):
         """Returns ``(scalars, histograms)``: dicts from tag to a number and to an array."""
         raise NotImplementedError
 
     def on_train_begin(self, logs=None):
-        self._previous_step = self._step()
+        self._first_step = self._previous_step = self._step()
         if self.log_at_start:
             self.write(self._previous_step)
 
@@ -51,6 +53,8 @@ class Periodic(keras.callbacks.Callback):
         self._previous_step = step
 
     def on_train_end(self, logs=None):
+        if self._first_step is not None and self._step() not in (self._first_step, self._written_step):
+            self.write(self._step())
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -71,6 +75,7 @@ class Periodic(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default():
             tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
+        self._written_step = step
 
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())

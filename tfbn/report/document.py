@@ -51,7 +51,12 @@ def _verdicts(study, measures):
         return [Heading(2, "Verdicts"),
                 Text("No verdicts: the study has no BN arm paired with `none` (same seed and levels).")]
     verdicts, sides = claim_verdicts(measures), claim_sides(measures)
-    return [Heading(2, "Verdicts"),
+    seeds = study.factors.get("seed", ())
+    single = ([] if len(seeds) > 1 else
+              [Text("Each design point ran with one seed: every test has one pair, so no interval "
+                    "and no verdict. Give the study seeds (`study.factors.seed: [0, 1, 2]`) for "
+                    "intervals.")])
+    return [Heading(2, "Verdicts"), *single,
             Text(f"BN `{primary_arm(study)}` against `none`, from Summary II, with each measure "
                  "listed under its own verdict; the rule is under Method."),
             Table(("claim", "verdict", *_SIDES.values()),
@@ -108,7 +113,15 @@ def _summary_two(study, measures):
 def _trials(study):
     statuses = Counter(t.status for t in study.trials)
     blocks = [Heading(2, "Trials"),
-              Text(", ".join(f"{count} {status}" for status, count in statuses.items()) + ".")]
+              Text(", ".join(f"{count} {status}" for status, count in statuses.items()) + "."),
+              Table(("run", "status", "final accuracy", "best accuracy", "steps to threshold",
+                     "final accuracy, test-batch statistics", "seconds"),
+                    tuple((f"`{t.run}`", t.status, _number(t.number("final_accuracy"), ".4f"),
+                           _number(t.number("best_accuracy"), ".4f"),
+                           _steps(t),
+                           _number(t.number("final_accuracy_batch_stats"), ".4f"),
+                           _number(t.number("seconds"), ".1f"))
+                          for t in study.trials))]
     failed = [t for t in study.trials if t.status == "failed"]
     diverged = [t for t in study.trials if t.status == "diverged"]
     if failed:
@@ -176,6 +189,14 @@ def _interval(effect, spec):
     if math.isnan(effect.low):
         return f"{_signed(effect.mean, spec)} (n={effect.n}, no interval)"
     return f"{_signed(effect.mean, spec)} [{_signed(effect.low, spec)}, {_signed(effect.high, spec)}]"
+
+
+def _steps(trial):
+    """A trial's steps to threshold: ``never`` when it trained without reaching it."""
+    steps = trial.number("steps_to_threshold")
+    if math.isnan(steps):
+        return "–" if trial.status == "failed" else "never"
+    return format(steps, ".0f")
 
 
 def _signed(value, spec):

@@ -212,7 +212,8 @@ def _layers(study, prefix, suffix=""):
 def _layer_grid(study, prefix, ylabel, instrument, log):
     layers = _layers(study, prefix)
     if not layers:
-        raise Skip(f"no trial logged {prefix}/<layer> (the {instrument} instrument was off)")
+        raise Skip(f"no trial logged {prefix}/<layer> (the {instrument} instrument was off; "
+                   f"add {instrument} to log.instruments)")
     _check_curves(study, [f"{prefix}/{layer}" for layer in layers], instrument)
     rows = _activation_rows(study)
     figure, axes = _figure(len(rows), len(layers))
@@ -240,7 +241,8 @@ def _jacobian(study):
     suffix = "/singular_values"
     layers = _layers(study, "jacobian", suffix)
     if not layers:
-        raise Skip("no trial logged jacobian/<layer>/singular_values (the jacobian instrument was off)")
+        raise Skip("no trial logged jacobian/<layer>/singular_values (the jacobian instrument was "
+                   "off; add jacobian to log.instruments)")
     rows = _activation_rows(study)
     figure, axes = _figure(len(rows), len(layers))
     for (label, chosen), row in zip(rows, axes):
@@ -273,7 +275,7 @@ def _stairs(ax, buckets, color, label):
 def _percentiles(study):
     if not any(last_hidden_unit(t) for t in study.select()):
         raise Skip("no trial logged percentiles/act_<i>/unit_<u>/p<q> "
-                   "(the percentiles instrument was off)")
+                   "(the percentiles instrument was off; add percentiles to log.instruments)")
     _check_curves(study, sorted({f"{last_hidden_unit(t)}/p50" for t in study.select()
                                  if last_hidden_unit(t)}), "percentiles")
     rows, columns = _activation_rows(study), study.bn_levels
@@ -297,7 +299,8 @@ def _percentiles(study):
 
 def _class_ratio(study):
     if "test_ratio" not in study.compared:
-        raise Skip("the study has no test_ratio factor")
+        raise Skip("the study has no test_ratio factor (configs/course2017_class_ratio.yaml "
+                   "varies it)")
     ratios = study.factors["test_ratio"]
     figure, axes = _figure(1, 2)
     modes = (("moving statistics", final_accuracy),
