@@ -24,7 +24,7 @@ import time
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
-from tfbn import hparams, workers
+from tfbn import hparams, layout, workers
 from tfbn.callbacks import Progress
 from tfbn.config import dump_config, flatten, load_config, to_dict
 from tfbn.data import load_data
@@ -208,6 +208,7 @@ def _run_locked(config, points, strategy, experiment_dir, quiet, restart):
     if _is_chief_or_alone() and not glob.glob(os.path.join(experiment_dir, "events.out.tfevents.*")):
         hparams.write_experiment(experiment_dir, {k: [p[k] for p in points] for k in points[0]},
                                  constants={"bn_sync": config.model.bn_sync})
+        layout.write_layout(experiment_dir, config)
     def make_tuner():
         return StudyTuner(config, points, packs, experiment_dir, quiet, oracle=oracle,
                           distribution_strategy=strategy)

@@ -1,0 +1,52 @@
+"""The Custom Scalars layout: one multi-line chart per key measure, served by real TensorBoard."""
+
+import pathlib
+import re
+import time
+
+from test_callbacks import get_json, tensorboard_server
+from tfbn.config import load_config
+from tfbn.layout import study_layout
+from tfbn.run import main
+
+QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+
+
+def test_that_the_layout_has_a_chart_per_layer_of_each_recorded_instrument():
+    config = load_config(QUICKSTART, ["log.instruments=[gradients, jacobian, ics]", "model.depth=3"])
+    layout = study_layout(config)
+    assert [c.title for c in layout.category] == [
+        "quickstart: accuracy and loss", "quickstart: gradient norm per layer",
+        "quickstart: Jacobian mean squared singular value", "quickstart: internal covariate shift ||G - G'||"]
+    assert [chart.title for chart in layout.category[1].chart] == ["dense_1", "dense_2", "dense_3", "logits"]
+    assert list(layout.category[2].chart[0].multiline.tag) == [r"^jacobian/network/mean_square$"]
+    assert [chart.title for chart in layout.category[3].chart] == ["dense_2", "dense_3", "logits"]
+
+
+def test_that_tensorboard_serves_the_layout_and_every_chart_matches_each_trials_tags(tmp_path):
+    assert main(["--config", QUICKSTART, "--quiet", "--no-report", "--set", f"log.dir={tmp_path}",
+                 "--set", "train.steps=200", "--set", "train.eval_every=100",
+                 "--set", "log.jacobian_every=100"]) == 0
+    trials = ["quickstart/bn=none", "quickstart/bn=before", "quickstart/bn=after"]
+    with tensorboard_server(tmp_path) as url:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                layout = get_json(f"{url}/data/plugin/custom_scalars/layout")
+                tags = get_json(f"{url}/data/plugin/scalars/tags")
+                if layout and all(run in tags for run in trials):
+                    break
+            except OSError:  # not listening yet
+                pass
+            assert time.monotonic() < deadline, "TensorBoard did not serve the layout in 90 s"
+            time.sleep(0.5)
+    titles = [category["title"] for category in layout["category"]]
+    assert titles == ["quickstart: accuracy and loss", "quickstart: gradient norm per layer",
+                      "quickstart: kernel norm per layer", "quickstart: Jacobian mean squared singular value",
+                      "quickstart: median input of each nonlinearity"]
+    for category in layout["category"]:
+        for chart in category["chart"]:
+            [pattern] = chart["multiline"]["tag"]
+            # Every arm draws a line on every chart (BN's own measures aside, all are shared).
+            for run in trials:
+                assert any(re.search(pattern, tag) for tag in tags[run]), (chart["title"], run)
