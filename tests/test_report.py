@@ -408,15 +408,9 @@ def test_that_a_digits_study_gets_every_figure_and_both_tables(tmp_path):
     for level, pairs in (("1:1", 2), ("1:9", 2)):
         assert f"| test_ratio | {level} | before | {pairs} |" in report
     assert "| all | all | before | 4 |" in report
-    figures = {"accuracy_test_ratio", "class_ratio"}
-    instrument_figures = {"grad_norm", "jacobian_spectra", "weight_norm", "percentiles"}
-    # Until tfbn.training attaches the instrument callbacks, their figures are skipped.
-    if load_study(str(experiment)).trials[0].tags("grad_norm/"):
-        figures |= instrument_figures
-        assert "Skipped" not in report
-    else:
-        skipped = [line for line in report.splitlines() if line.startswith("Skipped: ")]
-        assert len(skipped) == 4 and all("instrument was off" in line for line in skipped)
+    figures = {"accuracy_test_ratio", "class_ratio", "grad_norm", "jacobian_spectra", "weight_norm",
+               "percentiles"}
+    assert "Skipped" not in report
     for name in figures:
         png = experiment / "report" / f"{name}.png"
         assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 10_000
@@ -428,10 +422,20 @@ def test_that_a_digits_study_gets_every_figure_and_both_tables(tmp_path):
 
     events = EventAccumulator(str(experiment / "report"), size_guidance={"tensors": 0})
     events.Reload()
-    images = {tag: events.Tensors(tag) for tag in events.Tags()["tensors"]
-              if events.SummaryMetadata(tag).plugin_data.plugin_name == "images"}
-    assert set(images) == figures
-    for name, (event,) in images.items():
+    plugins = {tag: events.SummaryMetadata(tag).plugin_data.plugin_name for tag in events.Tags()["tensors"]}
+    images = {tag: events.Tensors(tag) for tag, plugin in plugins.items() if plugin == "images"}
+    # The figures form their own group in the Images tab.
+    assert set(images) == {f"report/{name}" for name in figures}
+    for tag, (event,) in images.items():
         width, height, encoded = make_ndarray(event.tensor_proto)
         assert encoded[:8] == PNG_SIGNATURE
+        name = tag.removeprefix("report/")
         assert imread(experiment / "report" / f"{name}.png").shape[:2] == (int(height), int(width))
+    # The Text tab: the config used, the verdicts and the whole report.
+    texts = {tag: make_ndarray(events.Tensors(tag)[0].tensor_proto).item().decode()
+             for tag, plugin in plugins.items() if plugin == "text"}
+    assert set(texts) == {"report/config", "report/verdicts", "report/report"}
+    assert texts["report/config"] == "```yaml\n" + (experiment / "config.yaml").read_text() + "```"
+    assert texts["report/report"] == report
+    assert texts["report/verdicts"].startswith("| claim | verdict |")
+    assert "| 1. BN speeds up training and raises accuracy |" in texts["report/verdicts"]

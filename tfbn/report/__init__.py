@@ -4,13 +4,15 @@
 
 reads ``results.csv``, ``config.yaml`` and every trial's TensorBoard run under
 the experiment folder and writes ``<experiment>/report/``: ``report.md``, a
-self-contained ``report.html``, the figures as PNG files, and the same figures
-as image summaries of the TensorBoard run ``report``.
+self-contained ``report.html``, the figures as PNG files, and the TensorBoard
+run ``report``: the figures in the Images tab and the config, the verdicts and
+the report in the Text tab, all under ``report/``.
 
 * `tfbn.report.trials`: reading the study and pairing its trials.
 * `tfbn.report.stats`: paired effects, confidence intervals, verdicts.
 * `tfbn.report.summaries`: Summary I (per factor level) and II (mechanisms).
-* `tfbn.report.figures`, `tfbn.report.document`, `tfbn.report.render`: the output.
+* `tfbn.report.figures`, `tfbn.report.document`, `tfbn.report.render`,
+  `tfbn.report.tensorboard`: the output.
 
 Example:
 
@@ -24,12 +26,13 @@ import os
 import sys
 
 from tfbn.errors import UserError
-from tfbn.report.document import build_document
-from tfbn.report.figures import draw_figures, write_image_summaries
+from tfbn.report.document import build_document, verdict_table
+from tfbn.report.figures import draw_figures
 from tfbn.report.render import to_html, to_markdown
 from tfbn.report.stats import CONTRADICTED, MIXED, SUPPORTED
 from tfbn.report.summaries import (CLAIMS, claim_sides, claim_verdicts, summarise_levels,
                                    summarise_mechanisms)
+from tfbn.report.tensorboard import write_report_run
 from tfbn.report.trials import load_study
 
 
@@ -55,14 +58,21 @@ def _write_report(experiment_dir):
     report_dir = os.path.join(experiment_dir, "report")
     os.makedirs(report_dir, exist_ok=True)
     plots = draw_figures(study, report_dir)
-    write_image_summaries(report_dir, plots)
     measures = summarise_mechanisms(study)
     blocks = build_document(study, summarise_levels(study), measures, plots)
+    markdown = to_markdown(blocks, report_dir)
     path = os.path.join(report_dir, "report.md")
     with open(path, "w") as f:
-        f.write(to_markdown(blocks, report_dir))
+        f.write(markdown)
     with open(os.path.join(report_dir, "report.html"), "w") as f:
         f.write(to_html(blocks, f"tfbn report: {study.config.experiment}"))
+    with open(os.path.join(experiment_dir, "config.yaml")) as f:
+        config_text = f.read()
+    table = verdict_table(measures)
+    write_report_run(report_dir, plots, {
+        "config": f"```yaml\n{config_text}```",
+        "verdicts": to_markdown([table], report_dir).strip() if table else "No verdicts.",
+        "report": markdown})
     return path, measures
 
 

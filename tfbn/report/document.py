@@ -50,7 +50,6 @@ def _verdicts(study, measures):
     if not measures:
         return [Heading(2, "Verdicts"),
                 Text("No verdicts: the study has no BN arm paired with `none` (same seed and levels).")]
-    verdicts, sides = claim_verdicts(measures), claim_sides(measures)
     seeds = study.factors.get("seed", ())
     single = ([] if len(seeds) > 1 else
               [Text("Each design point ran with one seed: every test has one pair, so no interval "
@@ -59,10 +58,18 @@ def _verdicts(study, measures):
     return [Heading(2, "Verdicts"), *single,
             Text(f"BN `{primary_arm(study)}` against `none`, from Summary II, with each measure "
                  "listed under its own verdict; the rule is under Method."),
-            Table(("claim", "verdict", *_SIDES.values()),
-                  tuple((f"{n}. {CLAIMS[n]}", f"*{v}*", *("; ".join(sides[n].get(side, ()))
-                                                          for side in _SIDES))
-                        for n, v in verdicts.items()))]
+            verdict_table(measures)]
+
+
+def verdict_table(measures):
+    """The Verdicts table: each claim's verdict and its measures under their own; None without measures."""
+    if not measures:
+        return None
+    verdicts, sides = claim_verdicts(measures), claim_sides(measures)
+    return Table(("claim", "verdict", *_SIDES.values()),
+                 tuple((f"{n}. {CLAIMS[n]}", f"*{v}*", *("; ".join(sides[n].get(side, ()))
+                                                         for side in _SIDES))
+                       for n, v in verdicts.items()))
 
 
 def _summary_one(study, rows):

@@ -1,4 +1,4 @@
-"""The report's figures as PNG files, and the same images as TensorBoard image summaries.
+"""The report's figures as PNG files (`tfbn.report.tensorboard` shows them in TensorBoard).
 
 Figures are drawn on `matplotlib.figure.Figure` objects without pyplot, so
 they render with the Agg canvas whatever backend the caller has chosen.
@@ -8,12 +8,10 @@ off) is skipped with the reason, which the report states.
 
 import dataclasses
 import functools
-import glob
 import math
 import os
 
 import numpy as np
-import tensorflow as tf
 from matplotlib.figure import Figure
 
 from tfbn.report.summaries import final_accuracy, last_hidden_unit
@@ -62,23 +60,6 @@ def draw_figures(study, out_dir):
         figure.savefig(path, dpi=DPI, facecolor="white")
         plots.append(Plot(name, title, caption, path=path))
     return plots
-
-
-def write_image_summaries(report_dir, plots):
-    """Writes the drawn figures as image summaries of the TensorBoard run ``report_dir``.
-
-    Event files of an earlier report in that folder are removed first, so the
-    run shows each figure once.
-    """
-    for old in glob.glob(os.path.join(report_dir, "events.out.tfevents.*")):
-        os.remove(old)
-    writer = tf.summary.create_file_writer(report_dir)
-    with writer.as_default():
-        for plot in plots:
-            if plot.path:
-                image = tf.io.decode_png(tf.io.read_file(plot.path), channels=3)
-                tf.summary.image(plot.name, image[None], step=0, description=plot.caption)
-    writer.close()
 
 
 def _plan(study):

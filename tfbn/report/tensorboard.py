@@ -1,0 +1,33 @@
+"""The report as a TensorBoard run: its figures in the Images tab, its text in the Text tab."""
+
+import glob
+import os
+
+import tensorflow as tf
+
+# Tags are ``report/<name>``, so that the report forms its own group in each tab.
+GROUP = "report"
+
+
+def write_report_run(report_dir, plots, texts):
+    """Writes the drawn figures and the texts as the TensorBoard run ``report_dir``.
+
+    Event files of an earlier report in that folder are removed first, so the
+    run shows each figure and text once.
+
+    Args:
+        report_dir: The report's folder, ``<experiment>/report``.
+        plots: `tfbn.report.figures.Plot`s; the drawn ones become images.
+        texts: Dict from name to Markdown, shown as rendered text.
+    """
+    for old in glob.glob(os.path.join(report_dir, "events.out.tfevents.*")):
+        os.remove(old)
+    writer = tf.summary.create_file_writer(report_dir)
+    with writer.as_default():
+        for plot in plots:
+            if plot.path:
+                image = tf.io.decode_png(tf.io.read_file(plot.path), channels=3)
+                tf.summary.image(f"{GROUP}/{plot.name}", image[None], step=0, description=plot.caption)
+        for name, markdown in texts.items():
+            tf.summary.text(f"{GROUP}/{name}", markdown, step=0)
+    writer.close()
