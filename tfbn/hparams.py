@@ -17,6 +17,8 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
 from tensorboard.plugins.hparams import summary_v2 as hparams_v2
 
+from tfbn import tags
+
 # Summary metrics, written once per trial at its last step, and the curves
 # StepMetrics writes at every evaluation (the dashboard's "Show Metrics" draws them).
 METRICS = {
@@ -25,8 +27,8 @@ METRICS = {
     "hparams/steps_to_threshold": "first evaluated step reaching train.threshold "
                                   "(missing: never reached)",
     "hparams/diverged": "1 if the loss became NaN or infinite",
-    "accuracy/test": "test accuracy at each evaluation (BN moving statistics)",
-    "loss/test": "test cross-entropy at each evaluation (BN moving statistics)",
+    tags.TEST_ACCURACY: "test accuracy at each evaluation (BN moving statistics)",
+    tags.TEST_LOSS: "test cross-entropy at each evaluation (BN moving statistics)",
 }
 
 _STATUS = {"ok": api_pb2.STATUS_SUCCESS, "diverged": api_pb2.STATUS_FAILURE,

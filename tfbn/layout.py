@@ -14,6 +14,8 @@ import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
 
+from tfbn import tags
+
 
 def study_layout(config):
     """The `layout_pb2.Layout` of a study, from its `tfbn.config.Config`.
@@ -25,21 +27,19 @@ def study_layout(config):
     """
     dense = [f"dense_{i}" for i in range(1, config.model.depth + 1)] + ["logits"]
     acts = [f"act_{i}" for i in range(1, config.model.depth + 1)]
-    categories = [("accuracy and loss", [("test accuracy", "accuracy/test"),
-                                         ("test loss", "loss/test"),
-                                         ("training loss", "loss/train")])]
+    categories = [("accuracy and loss", [("test accuracy", tags.TEST_ACCURACY),
+                                         ("test loss", tags.TEST_LOSS),
+                                         ("training loss", tags.TRAIN_LOSS)])]
     per_instrument = {
-        "gradients": ("gradient norm per layer", [(layer, f"grad_norm/{layer}") for layer in dense]),
-        "weights": ("kernel norm per layer", [(layer, f"weight_norm/{layer}") for layer in dense]),
+        "gradients": ("gradient norm per layer", [(layer, tags.gradient_norm(layer)) for layer in dense]),
+        "weights": ("kernel norm per layer", [(layer, tags.weight_norm(layer)) for layer in dense]),
         "jacobian": ("Jacobian mean squared singular value",
-                     [(layer, f"jacobian/{layer}/mean_square") for layer in ["network", *dense[:-1]]]),
+                     [(layer, tags.jacobian(layer, "mean_square")) for layer in ["network", *dense[:-1]]]),
         "percentiles": ("median input of each nonlinearity",
-                        [(act, f"percentiles/{act}/all/p50") for act in acts]),
-        "ics": ("internal covariate shift ||G - G'||",
-                [(layer, f"ics/l2/{layer}") for layer in dense[1:]]),
+                        [(act, tags.percentile(act, "all", 50)) for act in acts]),
+        "ics": ("internal covariate shift ||G - G'||", [(layer, tags.ics("l2", layer)) for layer in dense[1:]]),
         "landscape": ("loss landscape along the gradient",
-                      [(name.replace("_", " "), f"landscape/{name}")
-                       for name in ("loss_variation", "gradient_predictiveness", "beta_smoothness")]),
+                      [(name.replace("_", " "), tags.landscape(name)) for name in tags.LANDSCAPE_MEASURES]),
     }
     categories += [per_instrument[name] for name in per_instrument if name in config.log.instruments]
     return layout_pb2.Layout(category=[

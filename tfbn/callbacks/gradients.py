@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tfbn import instruments
+from tfbn import instruments, tags
 from tfbn.callbacks.periodic import Periodic
 
 
@@ -50,7 +50,7 @@ class Gradients(Periodic):
             gradients = {name: v.numpy() for name, v in self.model.kernel_gradients.items()}
         scalars, histograms = {}, {}
         for name, gradient in gradients.items():
-            scalars[f"grad_norm/{name}"] = np.linalg.norm(gradient)
-            scalars[f"grad_mean_abs/{name}"] = np.abs(gradient).mean()
-            histograms[f"grad/{name}"] = gradient
+            scalars[tags.gradient_norm(name)] = np.linalg.norm(gradient)
+            scalars[tags.gradient_mean_abs(name)] = np.abs(gradient).mean()
+            histograms[tags.gradient(name)] = gradient
         return scalars, histograms

@@ -1,5 +1,6 @@
 """Jacobian spectra on a fixed probe set (claim 5: BN brings backprop near isometry)."""
 
+from tfbn import tags
 from tfbn.callbacks.periodic import Periodic
 from tfbn.instruments import jacobian_singular_values, spectrum_statistics
 
@@ -28,7 +29,7 @@ class JacobianSpectrum(Periodic):
     def measure(self):
         scalars, histograms = {}, {}
         for layer, values in jacobian_singular_values(self.model, self.probe_x, self.mode).items():
-            histograms[f"jacobian/{layer}/singular_values"] = values
+            histograms[tags.jacobian(layer, "singular_values")] = values
             for statistic, value in spectrum_statistics(values).items():
-                scalars[f"jacobian/{layer}/{statistic}"] = value
+                scalars[tags.jacobian(layer, statistic)] = value
         return scalars, histograms

@@ -6,6 +6,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from tfbn import tags
 from tfbn.callbacks.periodic import Periodic
 from tfbn.instruments import internal_covariate_shift, landscape_smoothness
 
@@ -75,8 +76,8 @@ class CovariateShift(_OptimizationProbe):
         scalars = {}
         for layer, shift in internal_covariate_shift(self.model, x, y, mean_cross_entropy).items():
             if layer != "dense_1":
-                scalars[f"ics/l2/{layer}"] = shift["l2"]
-                scalars[f"ics/cosine/{layer}"] = shift["cosine"]
+                scalars[tags.ics("l2", layer)] = shift["l2"]
+                scalars[tags.ics("cosine", layer)] = shift["cosine"]
         return scalars, {}
 
 
@@ -97,4 +98,4 @@ class LandscapeSmoothness(_OptimizationProbe):
     def measure(self):
         x, y = self.sample.batch(self._step())
         measured = landscape_smoothness(self.model, x, y, loss=mean_cross_entropy)
-        return {f"landscape/{name}": value for name, value in measured.items()}, {}
+        return {tags.landscape(name): value for name, value in measured.items()}, {}

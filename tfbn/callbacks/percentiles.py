@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from tfbn import tags
 from tfbn.callbacks.periodic import Periodic
 from tfbn.instruments import preactivations
 
@@ -42,5 +43,5 @@ class ActivationPercentiles(Periodic):
         for layer, values in preactivations(self.model, self.probe_x, self.mode).items():
             for group, data in ((f"unit_{self.unit}", values[:, self.unit]), ("all", values)):
                 for q, value in zip(PERCENTILES, np.percentile(data, PERCENTILES)):
-                    scalars[f"percentiles/{layer}/{group}/p{q}"] = value
+                    scalars[tags.percentile(layer, group, q)] = value
         return scalars, {}

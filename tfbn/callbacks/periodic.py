@@ -8,6 +8,8 @@ from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
+from tfbn import tags
+
 HISTOGRAM_BUCKETS = 30  # TensorBoard's default
 
 
@@ -67,10 +69,10 @@ class Periodic(keras.callbacks.Callback):
         # several training steps of the paper's network for every write.
         summary = summary_pb2.Summary()
         for tag, value in scalars.items():
-            summary.MergeFrom(scalar_pb(tag, value))
+            summary.MergeFrom(scalar_pb(tag, value, description=tags.describe(tag)))
         for tag, values in histograms.items():
             summary.value.add(tag=tag, tensor=_histogram_tensor(values),
-                              metadata=histogram_metadata.create_summary_metadata(None, None))
+                              metadata=histogram_metadata.create_summary_metadata(None, tags.describe(tag)))
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default():

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from tfbn import tags
+
 
 class StepMetrics(keras.callbacks.Callback):
     """Logs ``loss/*`` and ``accuracy/*`` scalars at the optimizer's step count.
@@ -37,7 +39,9 @@ class StepMetrics(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default(step=step):
             for name, value in logs.items():
-                tf.summary.scalar(tag(name), value)
+                # The description goes with the first write of each tag; TensorBoard reads it there.
+                tf.summary.scalar(tag(name), value,
+                                  description=tags.describe(tag(name)) if len(self.history) == 1 else None)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from tfbn import tags
 from tfbn.callbacks.periodic import Periodic
 
 
@@ -29,9 +30,9 @@ class Weights(Periodic):
         for layer in self.model.layers:
             if isinstance(layer, keras.layers.Dense):
                 kernel = layer.kernel.numpy()
-                histograms[f"weights/{layer.name}/kernel"] = kernel
-                scalars[f"weight_norm/{layer.name}"] = np.linalg.norm(kernel)
+                histograms[tags.weights(layer.name, "kernel")] = kernel
+                scalars[tags.weight_norm(layer.name)] = np.linalg.norm(kernel)
             else:  # BN's gamma, beta and moving statistics; layers without weights add none
                 for variable in layer.weights:
-                    histograms[f"weights/{layer.name}/{variable.name}"] = variable.numpy()
+                    histograms[tags.weights(layer.name, variable.name)] = variable.numpy()
         return scalars, histograms

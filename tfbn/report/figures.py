@@ -14,6 +14,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
+from tfbn import tags
 from tfbn.report.summaries import final_accuracy, last_hidden_unit
 
 DPI = 100
@@ -76,14 +77,14 @@ def _plan(study):
         ("grad_norm", "Gradient norm per layer (claim 4)",
          f"L2 norm of the loss gradient of each Dense kernel against the step (log scale), "
          f"BN arms overlaid; {BAND}.",
-         functools.partial(_layer_grid, study, "grad_norm", "gradient norm", "gradients", True)),
+         functools.partial(_layer_grid, study, tags.GRADIENT_NORM, "gradient norm", "gradients", True)),
         ("jacobian_spectra", "Jacobian singular values, last recorded step (claim 5)",
          "Density of the singular values of the network's Jacobian and of each hidden block's, "
          "over the probe set, at the last recorded step; one line per trial. Dashed: 1, "
          "isometry.", functools.partial(_jacobian, study)),
         ("weight_norm", "Weight norm per layer (claim 3)",
          f"L2 norm of each Dense kernel against the step, BN arms overlaid; {BAND}.",
-         functools.partial(_layer_grid, study, "weight_norm", "kernel norm", "weights", False)),
+         functools.partial(_layer_grid, study, tags.WEIGHT_NORM, "kernel norm", "weights", False)),
         ("percentiles", "Input of the last hidden layer's unit (claim 2; Ioffe & Szegedy fig. 1b,c)",
          "15th, 50th and 85th percentile of one unit's nonlinearity input over the probe set "
          "against the step, one panel per BN arm; mean over the trials.",
@@ -162,7 +163,7 @@ def _accuracy(study, factor):
     for ax, level in zip(axes.flat, levels):
         chosen = {factor: level} if factor else {}
         for bn in study.bn_levels:
-            drawn |= _band(ax, study.select(**chosen, bn=bn), "accuracy/test", f"bn={bn}", _color(bn))
+            drawn |= _band(ax, study.select(**chosen, bn=bn), tags.TEST_ACCURACY, f"bn={bn}", _color(bn))
         ax.axhline(study.config.train.threshold, color="gray", linestyle=":", linewidth=1)
         ax.set_title(f"{factor}={level}" if factor else "all trials", fontsize="medium")
         ax.set_xlabel("step")
@@ -170,7 +171,7 @@ def _accuracy(study, factor):
     for ax in axes.flat[len(levels):]:
         ax.set_visible(False)
     if not drawn:
-        raise Skip("no trial logged accuracy/test")
+        raise Skip(f"no trial logged {tags.TEST_ACCURACY}")
     _legend(figure, axes)
     return figure
 
@@ -219,8 +220,7 @@ def _check_curves(study, tags, instrument):
 
 
 def _jacobian(study):
-    suffix = "/singular_values"
-    layers = _layers(study, "jacobian", suffix)
+    layers = _layers(study, tags.JACOBIAN, "/singular_values")
     if not layers:
         raise Skip("no trial logged jacobian/<layer>/singular_values (the jacobian instrument was "
                    "off; add jacobian to log.instruments)")
@@ -231,7 +231,7 @@ def _jacobian(study):
             steps = set()
             for bn in study.bn_levels:
                 for i, trial in enumerate(study.select(**chosen, bn=bn)):
-                    history = trial.histograms(f"jacobian/{layer}{suffix}")
+                    history = trial.histograms(tags.jacobian(layer, "singular_values"))
                     if history:
                         steps.add(history[-1][0])
                         _stairs(ax, history[-1][1], _color(bn), f"bn={bn}" if i == 0 else None)

@@ -12,16 +12,17 @@ Each table's p-values are Holm-adjusted across its tests
 
 import dataclasses
 import math
-import re
 
 import numpy as np
 
+from tfbn import tags
 from tfbn.report.stats import NOT_TESTED, combine, holm_adjusted, paired_effect
 from tfbn.report.trials import CONTROL
 
 OVERALL = "all"
 SATURATING = ("sigmoid", "tanh")
 NOISY = "noisy"
+ICS_L2 = tags.prefix(tags.ICS, "l2")
 # Instruments that are off unless log.instruments names them.
 ON_REQUEST = ("ics", "landscape")
 
@@ -173,14 +174,15 @@ def summarise_mechanisms(study):
          _isometry("network"), "jacobian"),
         (5, "|ln mean squared singular value|, hidden blocks' Jacobians (mean)", -1,
          _isometry("dense_"), "jacobian"),
-        (7, "mean over training and layers of log10 ||G - G'||", -1, _mean_log10("ics/l2/"), "ics"),
-        (7, "mean over training and layers of cos(G, G')", +1, _mean("ics/cosine/"), "ics"),
+        (7, "mean over training and layers of log10 ||G - G'||", -1, _mean_log10(ICS_L2), "ics"),
+        (7, "mean over training and layers of cos(G, G')", +1,
+         _mean(tags.prefix(tags.ICS, "cosine")), "ics"),
         (8, "mean over training of log10 loss variation along the gradient", -1,
-         _mean_log10("landscape/loss_variation"), "landscape"),
+         _mean_log10(tags.landscape("loss_variation")), "landscape"),
         (8, "mean over training of log10 gradient predictiveness ||g - g_eta||", -1,
-         _mean_log10("landscape/gradient_predictiveness"), "landscape"),
+         _mean_log10(tags.landscape("gradient_predictiveness")), "landscape"),
         (8, "mean over training of log10 effective beta-smoothness", -1,
-         _mean_log10("landscape/beta_smoothness"), "landscape"),
+         _mean_log10(tags.landscape("beta_smoothness")), "landscape"),
     ]
     measures = []
     for claim, name, better, value, instrument in specs:
@@ -267,7 +269,7 @@ def _noise_measures(study, arm):
     pairs = study.pairs(NOISY, against=arm)
     note = f"noisy minus {arm}"
     return [Measure(9, "mean over training and layers of log10 ||G - G'|| (the noise's effect)", +1,
-                    _effect(pairs, _mean_log10("ics/l2/"), +1), note),
+                    _effect(pairs, _mean_log10(ICS_L2), +1), note),
             Measure(9, "final test accuracy", -1, _effect(pairs, final_accuracy, -1), note),
             # BN's moving statistics were gathered with the noise on, and evaluation has it
             # off; with each test batch's own statistics that mismatch is gone.
@@ -302,19 +304,21 @@ def _effect(pairs, measure, better):
     return paired_effect([measure(a) for a, _ in pairs], [measure(b) for _, b in pairs], better)
 
 
-def _aligned(trial, tags):
+def _aligned(trial, names):
     """Values of several scalar tags at their common steps, finite everywhere: [steps, tags]."""
-    series = [dict(zip(*trial.scalar(tag))) for tag in tags]
+    series = [dict(zip(*trial.scalar(tag))) for tag in names]
     steps = sorted(set.intersection(*(set(s) for s in series)))
-    return np.array([[s[step] for s in series] for step in steps]).reshape(len(steps), len(tags))
+    return np.array([[s[step] for s in series] for step in steps]).reshape(len(steps), len(names))
 
 
 def last_hidden_unit(trial):
     """``percentiles/act_<last>/unit_<u>``, the deepest nonlinearity's followed unit."""
-    found = [re.fullmatch(r"(percentiles/act_(\d+)/unit_\d+)/p50", t)
-             for t in sorted(trial.tags("percentiles/"))]
-    found = [m for m in found if m]
-    return max(found, key=lambda m: int(m.group(2))).group(1) if found else None
+    followed = {}  # hidden index -> prefix of the followed unit's tags
+    for tag in sorted(trial.tags(tags.prefix(tags.PERCENTILES))):
+        _, activation, group, q = tag.split("/")
+        if group.startswith("unit_") and q == "p50" and tags.hidden_index(activation):
+            followed[tags.hidden_index(activation)] = tag.removesuffix("/p50")
+    return followed[max(followed)] if followed else None
 
 
 def _percentiles(trial, *qs):
@@ -335,38 +339,40 @@ def _spread_change(trial):
 
 def _weight_growth(trial):
     ratios = [values[-1] / values[0] for values in
-              (trial.scalar(tag)[1] for tag in sorted(trial.tags("weight_norm/")))
+              (trial.scalar(tag)[1] for tag in sorted(trial.tags(tags.prefix(tags.WEIGHT_NORM))))
               if len(values) > 1 and values[0] > 0]
     return float(np.mean(ratios)) if ratios else math.nan
 
 
 def _hidden_gradient_tags(trial):
     """``grad_norm/dense_<i>`` tags, first hidden layer first."""
-    tags = [t for t in trial.tags("grad_norm/") if re.fullmatch(r"grad_norm/dense_\d+", t)]
-    return sorted(tags, key=lambda t: int(t.rsplit("_", 1)[1]))
+    hidden = {tags.hidden_index(tags.layer_of(tags.GRADIENT_NORM, t) or ""): t
+              for t in trial.tags(tags.prefix(tags.GRADIENT_NORM))}
+    return [hidden[i] for i in sorted(i for i in hidden if i)]
 
 
 def _first_gradient(trial):
-    tags = _hidden_gradient_tags(trial)
-    values = trial.scalar(tags[0])[1] if tags else np.empty(0)
+    hidden = _hidden_gradient_tags(trial)
+    values = trial.scalar(hidden[0])[1] if hidden else np.empty(0)
     values = values[values > 0]
     return float(np.mean(np.log10(values))) if len(values) else math.nan
 
 
 def _gradient_ratio(trial):
-    tags = _hidden_gradient_tags(trial)
-    if len(tags) < 2:
+    hidden = _hidden_gradient_tags(trial)
+    if len(hidden) < 2:
         return math.nan
-    values = _aligned(trial, [tags[0], tags[-1]])
+    values = _aligned(trial, [hidden[0], hidden[-1]])
     values = values[(values > 0).all(axis=1)]
     return abs(float(np.mean(np.log10(values[:, 0] / values[:, 1])))) if len(values) else math.nan
 
 
 def _isometry(layer_prefix):
     def distance(trial):
-        tags = [t for t in trial.tags(f"jacobian/{layer_prefix}") if t.endswith("/mean_square")]
+        squares = [t for t in trial.tags(tags.JACOBIAN + "/" + layer_prefix)
+                   if t == tags.jacobian(t.split("/")[1], "mean_square")]
         # A spectrum from step 0 only is the initial network's, the same in every arm.
-        last = [values[-1] for steps, values in (trial.scalar(t) for t in tags)
+        last = [values[-1] for steps, values in (trial.scalar(t) for t in squares)
                 if len(values) and steps[-1] > 0 and values[-1] > 0]
         return float(np.mean(np.abs(np.log(last)))) if last else math.nan
     return distance

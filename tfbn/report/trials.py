@@ -14,6 +14,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
+from tfbn import tags
 from tfbn.config import load_config
 from tfbn.errors import UserError
 from tfbn.results import read_rows
@@ -25,8 +26,8 @@ PAIRED = ("bn", "seed")
 CONTROL = "none"
 # The only histograms the report draws; weight and gradient histograms, a few
 # thousand per long trial, are not kept.
-HISTOGRAMS = ("jacobian/",)
-LOSS = "loss/train"  # its first non-finite value marks a divergence
+HISTOGRAMS = (tags.prefix(tags.JACOBIAN),)
+LOSS = tags.TRAIN_LOSS  # its first non-finite value marks a divergence
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,117 @@
+"""The TensorBoard tag scheme: the one definition the instruments write and the report,
+the layout and the tests read.
+
+Each instrument's tags start with its own prefix; `describe` gives the one-line
+description that TensorBoard shows beside a tag (what it measures, which claim).
+
+Example:
+
+```python
+tfbn.tags.gradient_norm("dense_1")          # "grad_norm/dense_1"
+tfbn.tags.layer_of(tfbn.tags.GRADIENT_NORM, "grad_norm/dense_1")  # "dense_1"
+```
+"""
+
+import re
+
+# Evaluations (`tfbn.callbacks.StepMetrics`).
+TEST_ACCURACY = "accuracy/test"
+TEST_LOSS = "loss/test"
+TRAIN_LOSS = "loss/train"
+
+# Tag families: prefix + "/" + the rest.
+GRADIENT_NORM = "grad_norm"
+GRADIENT_MEAN_ABS = "grad_mean_abs"
+GRADIENT = "grad"
+WEIGHT_NORM = "weight_norm"
+WEIGHTS = "weights"
+JACOBIAN = "jacobian"
+PERCENTILES = "percentiles"
+ICS = "ics"
+LANDSCAPE = "landscape"
+
+JACOBIAN_STATISTICS = ("max", "min", "mean", "mean_square", "share_0.5_to_2")
+PERCENTILE_GROUPS = ("unit", "all")
+LANDSCAPE_MEASURES = ("loss_variation", "gradient_predictiveness", "beta_smoothness")
+
+
+def gradient_norm(layer):
+    return f"{GRADIENT_NORM}/{layer}"
+
+
+def gradient_mean_abs(layer):
+    return f"{GRADIENT_MEAN_ABS}/{layer}"
+
+
+def gradient(layer):
+    return f"{GRADIENT}/{layer}"
+
+
+def weight_norm(layer):
+    return f"{WEIGHT_NORM}/{layer}"
+
+
+def weights(layer, variable):
+    return f"{WEIGHTS}/{layer}/{variable}"
+
+
+def jacobian(layer, statistic):
+    """``jacobian/<layer>/<statistic>``; ``statistic`` is one of `JACOBIAN_STATISTICS` or
+    ``singular_values`` (the histogram)."""
+    return f"{JACOBIAN}/{layer}/{statistic}"
+
+
+def percentile(activation, group, q):
+    """``percentiles/<act_i>/<unit_u or all>/p<q>`` of a nonlinearity's input."""
+    return f"{PERCENTILES}/{activation}/{group}/p{q}"
+
+
+def ics(kind, layer):
+    """``ics/<l2 or cosine>/<layer>``."""
+    return f"{ICS}/{kind}/{layer}"
+
+
+def landscape(measure):
+    return f"{LANDSCAPE}/{measure}"
+
+
+def prefix(family, *parts):
+    """The prefix every tag of ``family`` (and ``parts``) starts with: ``prefix(ICS, "l2")`` is ``ics/l2/``."""
+    return "/".join((family, *parts)) + "/"
+
+
+def layer_of(family, tag):
+    """The layer a ``<family>/<layer>`` tag names, or None for another tag."""
+    head, _, layer = tag.partition("/")
+    return layer if head == family and layer and "/" not in layer else None
+
+
+def hidden_index(layer):
+    """``i`` of a hidden block's ``dense_i`` or ``act_i``; None for other layers."""
+    match = re.fullmatch(r"(?:dense|act)_(\d+)", layer)
+    return int(match.group(1)) if match else None
+
+
+_DESCRIPTIONS = {
+    GRADIENT_NORM: "L2 norm of the loss gradient the optimizer applied to this Dense kernel (claim 4)",
+    GRADIENT_MEAN_ABS: "mean absolute value of the gradient applied to this Dense kernel (claim 4)",
+    GRADIENT: "values of the gradient applied to this Dense kernel (claim 4)",
+    WEIGHT_NORM: "L2 norm of this Dense kernel (claim 3: does BN regularize weight growth?)",
+    WEIGHTS: "values of this kernel or BN parameter or statistic (claim 3)",
+    JACOBIAN: "singular values of this block's (or the network's) input-output Jacobian over "
+              "the probe set; mean square 1 is isometry (claim 5)",
+    PERCENTILES: "percentile over the probe set of this nonlinearity's input (claim 2, Ioffe "
+                 "& Szegedy figure 1)",
+    ICS: "internal covariate shift: this layer's kernel gradient before against after the "
+         "earlier layers' update, Santurkar et al. definition 2.1 (claim 7)",
+    LANDSCAPE: "loss landscape along the gradient over 0.25x to 4x the learning rate, "
+               "Santurkar et al. section 3.1 (claim 8)",
+    "accuracy": "accuracy: train over the last evaluation period; test on the test split "
+                "(test_batch_stats: BN by each test batch's own statistics) (claim 1)",
+    "loss": "cross-entropy: train over the last evaluation period; test on the test split (claim 1)",
+}
+
+
+def describe(tag):
+    """The one-line description of a tag's family, for TensorBoard; empty for unknown tags."""
+    return _DESCRIPTIONS.get(tag.partition("/")[0], "")
