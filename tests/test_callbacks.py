@@ -1,12 +1,6 @@
-import contextlib
 import copy
 import dataclasses
-import json
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import keras
 import numpy as np
@@ -20,6 +14,8 @@ from tfbn.callbacks import (ActivationPercentiles, Gradients, JacobianSpectrum, 
                             Weights, build_instruments)
 from tfbn.config import LogConfig
 from tfbn.instruments import jacobian_singular_values, spectrum_statistics
+
+from helpers import get_json, tensorboard_server
 
 EVERY = 6
 STEPS_PER_EXECUTION = 4
@@ -218,37 +214,6 @@ def test_that_gradients_names_the_model_it_needs():
     model.compile("sgd", "mse")
     with pytest.raises(TypeError, match="tfbn.models.MLP"):
         model.fit(np.zeros((4, 3)), np.zeros((4, 2)), verbose=0, callbacks=[Gradients("unused", 1)])
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def tensorboard_server(logdir):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
-         "--port", str(port), "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def get_json(url):
-    # No proxy: the server is on the loopback interface.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=5) as response:
-        return json.load(response)
 
 
 def test_that_tensorboard_serves_every_instrument_of_a_run_as_one_run(tmp_path):

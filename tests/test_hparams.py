@@ -1,15 +1,14 @@
 import csv
 import json
-import pathlib
 import time
 import urllib.request
 
 import pytest
 
-from test_callbacks import tensorboard_server
 from tfbn.run import main
 
-QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+from helpers import QUICKSTART, tensorboard_server
+
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 

@@ -1,15 +1,13 @@
 """The Custom Scalars layout: one multi-line chart per key measure, served by real TensorBoard."""
 
-import pathlib
 import re
 import time
 
-from test_callbacks import get_json, tensorboard_server
 from tfbn.config import load_config
 from tfbn.layout import study_layout
 from tfbn.run import main
 
-QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+from helpers import QUICKSTART, get_json, tensorboard_server
 
 
 def test_that_the_layout_has_a_chart_per_layer_of_each_recorded_instrument():

@@ -1,5 +1,3 @@
-import pathlib
-
 import keras
 import numpy as np
 import pytest
@@ -8,6 +6,8 @@ import tfbn
 from tfbn.config import load_config
 from tfbn.data import load_data
 from tfbn.training import build_model
+
+from helpers import QUICKSTART
 
 HIDDEN = (16, 8)
 
@@ -100,10 +100,9 @@ def test_that_synchronized_statistics_reach_keras_batch_normalization():
 
 
 def test_that_the_config_chooses_the_hidden_and_the_logits_initializers():
-    quickstart = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
-    data = load_data(load_config(quickstart).data)
-    course = build_model(load_config(quickstart), data)
-    chosen = build_model(load_config(quickstart, ["model.initializer=glorot",
+    data = load_data(load_config(QUICKSTART).data)
+    course = build_model(load_config(QUICKSTART), data)
+    chosen = build_model(load_config(QUICKSTART, ["model.initializer=glorot",
                                                   "model.logits_initializer=0.5"]), data)
     # Glorot uniform on dense_2 (100 -> 100): bounded by sqrt(6 / 200), spread evenly.
     kernel = chosen.get_layer("dense_2").kernel.numpy()

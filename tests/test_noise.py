@@ -1,7 +1,6 @@
 """Noisy BN: BN before the activation, then a per-step shift of each unit's distribution."""
 
 import csv
-import pathlib
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from tfbn.noise import DistributionShift
 from tfbn.packed import PackEvaluation, PackedModel
 from tfbn.training import build_optimizer
 
-QUICKSTART = pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml"
+from helpers import QUICKSTART
 
 
 def test_that_noisy_bn_is_bn_before_the_activation_and_the_same_network_at_evaluation():

@@ -18,7 +18,8 @@ from tfbn.study import apply_factors, design_points, run_name
 from tfbn.sweep import run_study
 from tfbn.training import Target, build_optimizer, train_pack
 
-QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+from helpers import QUICKSTART
+
 COURSE_STUDY = str(pathlib.Path(__file__).parent.parent / "configs" / "course2017_study.yaml")
 
 

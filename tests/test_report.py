@@ -18,7 +18,8 @@ from tfbn.run import main as run_main
 from tfbn.study import design_points, run_name
 from tfbn.sweep import result_columns
 
-QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+from helpers import QUICKSTART
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # The synthetic study: sigmoid and relu, BN none and before, four seeds, 400 steps.

@@ -1,7 +1,6 @@
 """Claims 7 to 9 of the report, from a real study with the ics and landscape instruments."""
 
 import dataclasses
-import pathlib
 
 import numpy as np
 import pytest
@@ -12,7 +11,8 @@ from tfbn.report.summaries import CLAIMS, summarise_mechanisms
 from tfbn.report.trials import load_study
 from tfbn.run import main
 
-QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+from helpers import QUICKSTART
+
 SEEDS = (0, 1)
 
 

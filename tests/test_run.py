@@ -10,7 +10,8 @@ from tensorboard.util.tensor_util import make_ndarray
 
 from tfbn.run import main
 
-QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+from helpers import QUICKSTART
+
 SHORT = ["train.steps=200", "train.eval_every=50", "log.instruments=[]"]
 
 

@@ -22,7 +22,8 @@ from tfbn.run import main
 from tfbn.sweep import run_study
 from tfbn.workers import LOOPBACK, free_port, set_role
 
-QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+from helpers import QUICKSTART
+
 SHORT = ("train.steps=100", "train.eval_every=50", "log.instruments=[]")
 # The report written at the end of a command-line run is tfbn.report's business.
 FLAGS = ("--config", QUICKSTART, "--quiet", "--no-report")

@@ -1,6 +1,5 @@
 """The tag contract: what the instruments write is what the report reads, and every tag describes itself."""
 
-import pathlib
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -12,7 +11,8 @@ from tfbn.report.summaries import summarise_mechanisms
 from tfbn.report.trials import load_study
 from tfbn.run import main
 
-QUICKSTART = str(pathlib.Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+from helpers import QUICKSTART
+
 INSTRUMENTS = "[weights, gradients, jacobian, percentiles, ics, landscape]"
 
 
