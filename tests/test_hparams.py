@@ -1,11 +1,15 @@
 import csv
+import dataclasses
 import json
 import time
 import urllib.request
 
 import pytest
 
+from tfbn.hparams import METRICS
+from tfbn.results import RESULT_COLUMNS, TrialResult
 from tfbn.run import main
+from tfbn.sweep import result_columns
 
 from helpers import QUICKSTART, tensorboard_server
 
@@ -78,3 +82,12 @@ def test_that_two_studies_in_one_log_dir_never_share_an_hparams_session_group(tm
         assert infos["seed"]["domainDiscrete"] == ["0", "1"]
     else:
         assert sorted(infos["bn"]["domainDiscrete"]) == ["before", "none"]
+
+
+def test_that_the_hparams_metrics_and_the_results_columns_come_from_one_trial_result():
+    assert RESULT_COLUMNS == tuple(f.name for f in dataclasses.fields(TrialResult))
+    assert result_columns({"bn": "none"}) == ("trial", "run", "bn", *RESULT_COLUMNS)
+    assert RESULT_COLUMNS[-1] == "message"  # the header of earlier runs' results.csv
+    assert [m for m in METRICS if m.startswith("hparams/")] == [
+        "hparams/final_accuracy", "hparams/best_accuracy", "hparams/steps_to_threshold",
+        "hparams/diverged"]

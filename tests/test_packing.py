@@ -90,8 +90,8 @@ def test_that_a_packed_branch_trains_as_its_solo_run(tmp_path):
     for point, [result] in zip(MIXED, packed):
         [[solo]] = train_pack([[Target(apply_factors(config, point),
                                        str(tmp_path / "solo" / run_name(point)))]])
-        assert result["status"] == solo["status"] == "ok"
-        assert abs(result["final_accuracy"] - solo["final_accuracy"]) <= 0.002, point
+        assert result.status == solo.status == "ok"
+        assert abs(result.final_accuracy - solo.final_accuracy) <= 0.002, point
         pack_norms = scalars(tmp_path / "pack" / run_name(point))
         solo_norms = scalars(tmp_path / "solo" / run_name(point))
         for layer in ("dense_1", "dense_2", "logits"):

@@ -18,6 +18,7 @@ from tensorboard.util.tensor_util import make_ndarray
 import tfbn.sweep
 from tfbn.config import load_config
 from tfbn.errors import ConfigError
+from tfbn.results import TrialResult
 from tfbn.run import main
 from tfbn.sweep import run_study
 from tfbn.workers import LOOPBACK, free_port, set_role
@@ -104,8 +105,8 @@ def read_scalars(run_dir):
 
 
 def instant_result(config):
-    return {"status": "ok", "steps_run": config.train.steps, "final_accuracy": 0.5,
-            "best_accuracy": 0.5, "steps_to_threshold": None, "final_loss": 1.0, "seconds": 0.0}
+    return TrialResult(status="ok", steps_run=config.train.steps, final_accuracy=0.5,
+                       best_accuracy=0.5, steps_to_threshold=None, final_loss=1.0, seconds=0.0)
 
 
 def fake_train_pack(train_one):

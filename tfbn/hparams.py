@@ -10,6 +10,7 @@ averages their metrics, so trials of two studies with the same factor values
 must never share one (TensorBoard's default group name is a hash of the values).
 """
 
+import dataclasses
 import time
 
 import tensorflow as tf
@@ -18,14 +19,13 @@ from tensorboard.plugins.hparams import summary as hparams_summary
 from tensorboard.plugins.hparams import summary_v2 as hparams_v2
 
 from tfbn import tags
+from tfbn.results import TrialResult
 
 # Summary metrics, written once per trial at its last step, and the curves
 # StepMetrics writes at every evaluation (the dashboard's "Show Metrics" draws them).
 METRICS = {
-    "hparams/final_accuracy": "test accuracy at the last step (BN moving statistics)",
-    "hparams/best_accuracy": "best test accuracy over the evaluations",
-    "hparams/steps_to_threshold": "first evaluated step reaching train.threshold "
-                                  "(missing: never reached)",
+    **{f"hparams/{field.name}": field.metadata["hparams"]
+       for field in dataclasses.fields(TrialResult) if field.metadata["hparams"]},
     "hparams/diverged": "1 if the loss became NaN or infinite",
     tags.TEST_ACCURACY: "test accuracy at each evaluation (BN moving statistics)",
     tags.TEST_LOSS: "test cross-entropy at each evaluation (BN moving statistics)",
@@ -83,20 +83,21 @@ def start_trial(run_dir, group, values):
 def end_trial(run_dir, result):
     """Closes a trial's session with its summary metrics and its real status.
 
-    A trial that never reached the threshold has no ``steps_to_threshold``
-    value (any number would sort among the real ones); a failed trial
-    (``status`` ``failed``) has only its status.
+    Args:
+        run_dir: The trial's run directory.
+        result: Its `tfbn.results.TrialResult`. A metric that is None (steps
+            to a threshold never reached: any number would sort among the real
+            ones) is left out; a failed trial has only its status.
     """
     with tf.summary.create_file_writer(run_dir).as_default():
-        if result["status"] != "failed":
-            step = result["steps_run"]
-            tf.summary.scalar("hparams/final_accuracy", result["final_accuracy"], step=step)
-            tf.summary.scalar("hparams/best_accuracy", result["best_accuracy"], step=step)
-            if result["steps_to_threshold"] is not None:
-                tf.summary.scalar("hparams/steps_to_threshold", result["steps_to_threshold"],
-                                  step=step)
-            tf.summary.scalar("hparams/diverged", float(result["status"] == "diverged"), step=step)
-        end = hparams_summary.session_end_pb(_STATUS[result["status"]], end_time_secs=time.time())
+        if result.status != "failed":
+            step = result.steps_run
+            for field in dataclasses.fields(result):
+                value = getattr(result, field.name)
+                if field.metadata["hparams"] and value is not None:
+                    tf.summary.scalar(f"hparams/{field.name}", value, step=step)
+            tf.summary.scalar("hparams/diverged", float(result.status == "diverged"), step=step)
+        end = hparams_summary.session_end_pb(_STATUS[result.status], end_time_secs=time.time())
         tf.summary.experimental.write_raw_pb(end.SerializeToString(), step=0)
 
 

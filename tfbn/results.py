@@ -1,12 +1,45 @@
-"""The results file of a study (one CSV row per finished trial) and its summary table."""
+"""A trial's result, the results file of a study (one CSV row per finished trial) and its
+summary table."""
 
 import csv
+import dataclasses
 import io
 import math
 import os
+from typing import Optional
 
-RESULT_COLUMNS = ("status", "steps_run", "final_accuracy", "best_accuracy",
-                  "steps_to_threshold", "final_loss", "final_accuracy_batch_stats", "seconds")
+
+def _column(why, hparams=None):
+    """A result field: what it holds, and its HParams metric description if it is one."""
+    return dataclasses.field(default=None, metadata={"why": why, "hparams": hparams})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialResult:
+    """What one trial gave: a row of ``results.csv`` and its HParams session's metrics.
+
+    `tfbn.training.summarise` makes it from the evaluation history; a trial
+    that failed has only ``status`` ``failed`` and its ``message``.
+    """
+
+    status: str = _column("ok, diverged (the loss became NaN or infinite) or failed")
+    steps_run: Optional[int] = _column("the last evaluated step")
+    final_accuracy: Optional[float] = _column(
+        "test accuracy at the last finite evaluation (BN moving statistics)",
+        "test accuracy at the last step (BN moving statistics)")
+    best_accuracy: Optional[float] = _column("best test accuracy over the evaluations",
+                                             "best test accuracy over the evaluations")
+    steps_to_threshold: Optional[int] = _column(
+        "first evaluated step whose test accuracy reached train.threshold; None: never",
+        "first evaluated step reaching train.threshold (missing: never reached)")
+    final_loss: Optional[float] = _column("test loss at the last finite evaluation")
+    final_accuracy_batch_stats: Optional[float] = _column(
+        "test accuracy with BN normalizing by each test batch's own statistics; None without BN")
+    seconds: Optional[float] = _column("wall seconds from the start of the trial's pack to its end")
+    message: Optional[str] = _column("why a failed trial failed")
+
+
+RESULT_COLUMNS = tuple(field.name for field in dataclasses.fields(TrialResult))
 
 
 def append_row(path, row, columns):

@@ -14,6 +14,7 @@ chief/worker mode, where the chief holds the oracle and serves it over gRPC.
 """
 
 import contextlib
+import dataclasses
 import glob
 import math
 import os
@@ -31,7 +32,7 @@ from tfbn.data import load_data
 from tfbn.devices import build_strategy, check_batch_split
 from tfbn.errors import ConfigError, DataError
 from tfbn.lock import experiment_lock
-from tfbn.results import RESULT_COLUMNS, append_row, read_rows
+from tfbn.results import RESULT_COLUMNS, TrialResult, append_row, read_rows
 from tfbn.study import LABELS, apply_factors, design_points, run_name
 from tfbn.packing import plan_packs
 from tfbn.training import Target, train_pack
@@ -136,22 +137,23 @@ class StudyTuner(keras_tuner.Tuner):
             point = positions.pop(target.log_dir)
             self._record(trial, point, result)
             hparams.end_trial(target.log_dir, result)
-            scores.append(_score(result["final_accuracy"]))
+            scores.append(_score(result.final_accuracy))
 
         try:
             train_pack(targets, self.distribution_strategy, on_result=record)
         except Exception as error:
             message = f"{type(error).__name__}: {error}".replace("\n", " ")
             for run_dir, point in positions.items():
-                self._record(trial, point, {"status": "failed", "message": message})
-                hparams.end_trial(run_dir, {"status": "failed"})
+                failed = TrialResult(status="failed", message=message)
+                self._record(trial, point, failed)
+                hparams.end_trial(run_dir, failed)
             raise keras_tuner.errors.FailedTrialError(message) from error
         self._trial_seconds += [(time.monotonic() - start) / remaining] * remaining
         return {"final_accuracy": max(scores)}
 
     def _record(self, trial, point, result):
         append_row(self.results_path, {"trial": trial.trial_id, "run": run_name(point),
-                                       **point, **result}, result_columns(point))
+                                       **point, **dataclasses.asdict(result)}, result_columns(point))
 
     def _progress(self, point, trial_config, done, trials_after, in_pack, live):
         if self.quiet:
@@ -172,7 +174,7 @@ def _score(accuracy):
 
 def result_columns(point):
     """Columns of the results file: trial id, run name, factors, then results."""
-    return ("trial", "run", *point, *RESULT_COLUMNS, "message")
+    return ("trial", "run", *point, *RESULT_COLUMNS)
 
 
 def run_study(config, *, quiet=False, restart=False):

@@ -24,6 +24,7 @@ from tfbn.data import load_data, training_indices
 from tfbn.errors import DataError
 from tfbn.models import build_mlp, initializer_from
 from tfbn.packed import PackEvaluation, PackedModel
+from tfbn.results import TrialResult
 
 # Keras runs this many steps per call into the graph; per-step Python dispatch
 # dominates an MLP this small (about 30x slower without it on 2 CPU cores).
@@ -92,7 +93,7 @@ def train_trial(config, data, log_dir, callbacks=(), strategy=None):
         strategy: A `tf.distribute.Strategy` to build and train under, or None.
 
     Returns:
-        A dict of the trial's results; see `summarise`.
+        The trial's `tfbn.results.TrialResult`.
     """
     [[result]] = train_pack([[Target(config, log_dir, tuple(callbacks))]], strategy,
                             datasets=[[data]])
@@ -113,7 +114,7 @@ def train_pack(branches, strategy=None, on_result=None, datasets=None):
             from each target's ``data`` section when None.
 
     Returns:
-        Per branch, per target, the result dict of `summarise`.
+        Per branch, per target, its `tfbn.results.TrialResult`.
     """
     lead = branches[0][0].config
     train = lead.train
@@ -231,28 +232,19 @@ def _sample(config, data):
 
 
 def summarise(history, steps, threshold, seconds):
-    """Summary metrics of one trial from its evaluation history.
-
-    Returns:
-        A dict with ``status`` (``ok``, or ``diverged`` when the loss became NaN
-        or infinite), ``steps_run``, ``final_accuracy`` and ``final_loss`` (test,
-        last finite evaluation), ``best_accuracy``, ``steps_to_threshold``
-        (first evaluated step whose test accuracy reached ``threshold``, or
-        None), ``final_accuracy_batch_stats`` (test accuracy with BN normalizing
-        by each test batch's own statistics; None without BN) and ``seconds``.
-    """
+    """The `tfbn.results.TrialResult` of one trial from its evaluation history."""
     finite = [(step, logs) for step, logs in history
               if math.isfinite(logs.get("loss", math.nan))]
     accuracies = [(step, logs["val_accuracy"]) for step, logs in finite]
     last_step = history[-1][0] if history else 0
     reached = [step for step, acc in accuracies if acc >= threshold]
-    return {
-        "status": "ok" if len(finite) == len(history) and last_step >= steps else "diverged",
-        "steps_run": last_step,
-        "final_accuracy": accuracies[-1][1] if accuracies else math.nan,
-        "best_accuracy": max((acc for _, acc in accuracies), default=math.nan),
-        "steps_to_threshold": reached[0] if reached else None,
-        "final_loss": finite[-1][1]["val_loss"] if finite else math.nan,
-        "final_accuracy_batch_stats": finite[-1][1].get("val_accuracy_batch_stats") if finite else None,
-        "seconds": round(seconds, 2),
-    }
+    return TrialResult(
+        status="ok" if len(finite) == len(history) and last_step >= steps else "diverged",
+        steps_run=last_step,
+        final_accuracy=accuracies[-1][1] if accuracies else math.nan,
+        best_accuracy=max((acc for _, acc in accuracies), default=math.nan),
+        steps_to_threshold=reached[0] if reached else None,
+        final_loss=finite[-1][1]["val_loss"] if finite else math.nan,
+        final_accuracy_batch_stats=finite[-1][1].get("val_accuracy_batch_stats") if finite else None,
+        seconds=round(seconds, 2),
+    )
