@@ -68,15 +68,17 @@ def main(argv=None):
         from tfbn.results import format_table
         from tfbn.study import study_factors
         from tfbn.sweep import run_study
-        from tfbn.workers import set_role
+        from tfbn.workers import current_role, set_role
 
         if args.role:
             set_role(args.role, args.oracle, args.tuner_id)
         elif args.oracle or args.tuner_id:
             raise UserError("--oracle and --tuner-id need --role chief or --role worker")
+        # From the flags, or from keras-tuner's variables as a cluster scheduler sets them.
+        role = args.role or current_role()
         config = load_config(args.config, args.overrides)
-        rows = run_study(config, quiet=args.quiet, restart=args.restart)
-        if args.role == "worker":
+        rows = run_study(config, quiet=args.quiet, restart=args.restart, role=role)
+        if role == "worker":
             return 0
         print(f"\n{config.experiment}: test accuracy with BN's moving statistics "
               f"(threshold {config.train.threshold})")

@@ -177,7 +177,7 @@ def result_columns(point):
     return ("trial", "run", *point, *RESULT_COLUMNS)
 
 
-def run_study(config, *, quiet=False, restart=False):
+def run_study(config, *, quiet=False, restart=False, role=None):
     """Runs (or resumes) every trial of a study and returns their result rows.
 
     With ``distribute.parallel_trials`` above 1 the trials run in that many
@@ -187,6 +187,9 @@ def run_study(config, *, quiet=False, restart=False):
         config: A validated `tfbn.config.Config`.
         quiet: Print no progress lines.
         restart: Move an earlier run of this experiment aside and start afresh.
+        role: ``"chief"`` or ``"worker"`` of a distributed study, whose keras-tuner
+            environment variables `tfbn.workers.set_role` has set; None: the role
+            those variables give (`tfbn.workers.current_role`), alone when unset.
 
     Returns:
         The results-file rows of the design's trials, in design order.
@@ -195,19 +198,21 @@ def run_study(config, *, quiet=False, restart=False):
     points = design_points(config)
     strategy = build_strategy(config.distribute)
     _check_trials(config, points, strategy)
-    with experiment_lock(config.log.dir, config.experiment) if _is_chief_or_alone() \
+    role = role or workers.current_role()
+    # A worker's chief holds the lock; a worker takes none.
+    with experiment_lock(config.log.dir, config.experiment) if role != "worker" \
             else contextlib.nullcontext():
-        return _run_locked(config, points, strategy, experiment_dir, quiet, restart)
+        return _run_locked(config, points, strategy, experiment_dir, quiet, restart, role)
 
 
-def _run_locked(config, points, strategy, experiment_dir, quiet, restart):
+def _run_locked(config, points, strategy, experiment_dir, quiet, restart, role):
     """`run_study` once it holds the experiment's lock (or is a worker)."""
     _prepare_experiment_dir(experiment_dir, config, restart)
     _check_results_header(os.path.join(experiment_dir, "results.csv"), result_columns(points[0]))
     packs = plan_packs(config, points)
     oracle = DesignOracle(packs, fixed={"bn_sync": config.model.bn_sync})
     oracle.verbose = 0
-    if _is_chief_or_alone() and not glob.glob(os.path.join(experiment_dir, "events.out.tfevents.*")):
+    if role != "worker" and not glob.glob(os.path.join(experiment_dir, "events.out.tfevents.*")):
         hparams.write_experiment(experiment_dir, {k: [p[k] for p in points] for k in points[0]},
                                  constants={"bn_sync": config.model.bn_sync})
         layout.write_layout(experiment_dir, config)
@@ -215,7 +220,7 @@ def _run_locked(config, points, strategy, experiment_dir, quiet, restart):
         return StudyTuner(config, points, packs, experiment_dir, quiet, oracle=oracle,
                           distribution_strategy=strategy)
 
-    if config.distribute.parallel_trials > 1 and "KERASTUNER_ORACLE_IP" not in os.environ:
+    if config.distribute.parallel_trials > 1 and role is None:
         _search_with_local_workers(make_tuner, config, experiment_dir)
     else:
         make_tuner().search()
@@ -241,12 +246,6 @@ def _search_with_local_workers(make_tuner, config, experiment_dir):
     if any(codes) or chief.is_alive():
         raise RuntimeError(f"the workers exited (status {codes}) before the study finished; "
                            "run the same command again to resume")
-
-
-def _is_chief_or_alone():
-    # keras-tuner's convention: workers find the chief through these variables.
-    return ("KERASTUNER_ORACLE_IP" not in os.environ
-            or "chief" in os.environ.get("KERASTUNER_TUNER_ID", ""))
 
 
 def study_rows(experiment_dir, points):

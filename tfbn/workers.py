@@ -44,6 +44,18 @@ def set_role(role, oracle, tuner_id=None):
     os.environ["KERASTUNER_ORACLE_PORT"] = port
 
 
+def current_role():
+    """This process's role by keras-tuner's environment variables.
+
+    Returns:
+        ``"chief"``, ``"worker"``, or None when the variables are unset (a study
+        run alone).
+    """
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return None
+    return "chief" if "chief" in os.environ.get("KERASTUNER_TUNER_ID", "") else "worker"
+
+
 def free_port():
     """A TCP port on loopback that is free right now."""
     with socket.socket() as s:
