@@ -69,7 +69,7 @@ def throughput(data, steps, batch_sizes, folder):
 
     from tfbn.config import load_config
     from tfbn.data import load_data
-    from tfbn.study import apply_factors, run_name
+    from tfbn.design import apply_factors, run_name
     from tfbn.training import Target, train_pack
     sys.path.insert(0, str(ROOT / "bench"))
     from plain_keras_study import network

@@ -14,7 +14,7 @@ from tfbn.config import load_config
 from tfbn.data import load_data, training_batches, training_indices
 from tfbn.packed import PackEvaluation, PackedModel
 from tfbn.packing import plan_packs
-from tfbn.study import apply_factors, design_points, run_name
+from tfbn.design import apply_factors, design_points, run_name
 from tfbn.sweep import run_study
 from tfbn.training import Target, build_optimizer, train_pack
 

@@ -15,7 +15,7 @@ from tfbn.report.summaries import claim_sides, claim_verdicts, summarise_levels,
 from tfbn.report.trials import load_study
 from tfbn.results import append_row
 from tfbn.run import main as run_main
-from tfbn.study import design_points, run_name
+from tfbn.design import design_points, run_name
 from tfbn.sweep import result_columns
 
 from helpers import QUICKSTART

@@ -1,7 +1,7 @@
 """tfbn: experiments on why Batch Normalization works.
 
 * `build_mlp`: MLPs with BN before, after or without the activation.
-* `tfbn.config`, `tfbn.data`, `tfbn.study`, `tfbn.sweep`: configs, data sets,
+* `tfbn.config`, `tfbn.data`, `tfbn.design`, `tfbn.sweep`: configs, data sets,
   study designs and the keras-tuner engine behind ``python -m tfbn.run``.
 """
 
@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _EXPORTS = {"Config": "tfbn.config", "load_config": "tfbn.config", "load_data": "tfbn.data",
             "make_datasets": "tfbn.data", "build_mlp": "tfbn.models", "run_study": "tfbn.sweep"}
 
-_SUBMODULES = ("callbacks", "config", "data", "instruments", "models", "packed", "packing",
-               "renorm", "report", "study", "sweep", "training")
+_SUBMODULES = ("callbacks", "config", "data", "design", "instruments", "models", "packed",
+               "packing", "renorm", "report", "sweep", "training")
 
 __all__ = sorted(_EXPORTS)
 

@@ -12,7 +12,7 @@ same packs in the same order: the design's order of each pack's first point.
 
 import dataclasses
 
-from tfbn.study import apply_factors, run_name
+from tfbn.design import apply_factors, run_name
 
 # Branches per pack with `train.pack: auto`. On 2 CPU cores, in steady state (graph
 # traced, batch 64), the CPU time per branch-step fell from about 2.0 ms alone to 1.2 ms
@@ -57,7 +57,7 @@ def plan_packs(config, points):
 
     Args:
         config: The study's `tfbn.config.Config`.
-        points: Its design points (`tfbn.study.design_points`).
+        points: Its design points (`tfbn.design.design_points`).
 
     Returns:
         A list of `Pack`s that holds every point exactly once.

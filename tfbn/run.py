@@ -66,7 +66,7 @@ def main(argv=None):
     try:
         from tfbn.config import load_config
         from tfbn.results import format_table
-        from tfbn.study import study_factors
+        from tfbn.design import study_factors
         from tfbn.sweep import run_study
         from tfbn.workers import current_role, set_role
 

@@ -1,7 +1,7 @@
 """Runs a study's trials with keras-tuner: our oracle proposes, our tuner trains.
 
-`DesignOracle` hands out the packs of a `tfbn.study` design (`tfbn.packing`:
-trials that train together) in a fixed order, each exactly once. keras-tuner's own `GridSearchOracle` derives its next point
+`DesignOracle` hands out the packs of a study's design (`tfbn.design`; packs are
+the trials that train together, `tfbn.packing`) in a fixed order, each exactly once. keras-tuner's own `GridSearchOracle` derives its next point
 from the trials seen so far and does not resume correctly after an
 interruption (keras-tuner issue #1055); this oracle's order is a pure function
 of the config and keras-tuner persists which packs were tried, so a rerun
@@ -33,7 +33,7 @@ from tfbn.devices import build_strategy, check_batch_split
 from tfbn.errors import ConfigError, DataError
 from tfbn.lock import experiment_lock
 from tfbn.results import RESULT_COLUMNS, TrialResult, append_row, read_rows
-from tfbn.study import LABELS, apply_factors, design_points, run_name
+from tfbn.design import LABELS, apply_factors, design_points, run_name
 from tfbn.packing import plan_packs
 from tfbn.training import Target, train_pack
 
@@ -87,7 +87,7 @@ class StudyTuner(keras_tuner.Tuner):
 
     Args:
         config: The study's `tfbn.config.Config`.
-        points: The design points (`tfbn.study.design_points`).
+        points: The design points (`tfbn.design.design_points`).
         packs: The packs of those points (`tfbn.packing.plan_packs`).
         experiment_dir: ``<log.dir>/<experiment>``: run directories and results.
         quiet: Print no progress lines.

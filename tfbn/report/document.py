@@ -88,20 +88,16 @@ def _summary_one(study, rows):
                *_test(r.steps, ".0f"), f"{r.never[0]} / {r.never[1]}") for r in rows)))
     spread = factor_spread(rows)
     if spread:
-        top = next((s for s in spread if s[1] == primary_arm(study)), spread[0])
+        top = next((s for s in spread if s.arm == primary_arm(study)), spread[0])
         blocks += [Text(f"Range of the mean effect across a factor's levels (a description, not a "
-                        f"test of interaction): BN `{top[1]}`'s effect on final accuracy changes "
-                        f"most with **{top[0]}** ({top[3]}: {_signed(_mean(rows, top, top[3]), '.4f')}, "
-                        f"{top[4]}: {_signed(_mean(rows, top, top[4]), '.4f')})."),
+                        f"test of interaction): BN `{top.arm}`'s effect on final accuracy changes "
+                        f"most with **{top.factor}** ({top.lowest}: {_signed(top.lowest_mean, '.4f')}, "
+                        f"{top.highest}: {_signed(top.highest_mean, '.4f')})."),
                    Table(("factor", "bn", "range of Δ final accuracy", "smallest at", "largest at",
                           "range of Δ steps"),
-                         tuple((f, arm, f"{acc:.4f}", low, high, _number(steps, ".0f"))
-                               for f, arm, acc, low, high, steps in spread))]
+                         tuple((s.factor, s.arm, f"{s.accuracy_range:.4f}", s.lowest, s.highest,
+                                _number(s.steps_range, ".0f")) for s in spread))]
     return blocks
-
-
-def _mean(rows, spread, level):
-    return next(r.accuracy.mean for r in rows if (r.factor, r.arm, r.level) == (*spread[:2], level))
 
 
 def _summary_two(study, measures):

@@ -127,13 +127,34 @@ def summarise_levels(study):
             for r, accuracy, steps in zip(rows, adjusted[0::2], adjusted[1::2])]
 
 
+@dataclasses.dataclass(frozen=True)
+class FactorSpread:
+    """How much one factor changes one BN arm's effect, across the factor's levels.
+
+    Attributes:
+        factor, arm: The factor and the BN arm.
+        accuracy_range: Largest minus smallest mean effect on final accuracy.
+        lowest, highest: The levels with the smallest and the largest mean effect.
+        lowest_mean, highest_mean: Those mean effects.
+        steps_range: The same range for steps to threshold (NaN without values).
+    """
+
+    factor: str
+    arm: str
+    accuracy_range: float
+    lowest: str
+    highest: str
+    lowest_mean: float
+    highest_mean: float
+    steps_range: float
+
+
 def factor_spread(rows):
     """How much each factor changes BN's effect: the range of level means.
 
     Returns:
-        A list of ``(factor, arm, accuracy range, lowest level, highest level,
-        steps range)``, largest accuracy range first; factors with one level
-        are left out.
+        A list of `FactorSpread`, largest accuracy range first; factors with
+        one level are left out.
     """
     spreads = []
     for key in dict.fromkeys((r.factor, r.arm) for r in rows if r.factor != OVERALL):
@@ -142,10 +163,11 @@ def factor_spread(rows):
             continue
         by_accuracy = sorted(group, key=lambda r: r.accuracy.mean)
         steps = [r.steps.mean for r in group if not math.isnan(r.steps.mean)]
-        spreads.append((*key, by_accuracy[-1].accuracy.mean - by_accuracy[0].accuracy.mean,
-                        by_accuracy[0].level, by_accuracy[-1].level,
-                        max(steps) - min(steps) if steps else math.nan))
-    return sorted(spreads, key=lambda s: -s[2])
+        low, high = by_accuracy[0], by_accuracy[-1]
+        spreads.append(FactorSpread(*key, high.accuracy.mean - low.accuracy.mean, low.level, high.level,
+                                    low.accuracy.mean, high.accuracy.mean,
+                                    max(steps) - min(steps) if steps else math.nan))
+    return sorted(spreads, key=lambda s: -s.accuracy_range)
 
 
 def summarise_mechanisms(study):

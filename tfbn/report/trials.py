@@ -18,7 +18,7 @@ from tfbn import tags
 from tfbn.config import load_config
 from tfbn.errors import UserError
 from tfbn.results import read_rows
-from tfbn.study import default_value, design_points, run_name, study_factors
+from tfbn.design import default_value, design_points, run_name, study_factors
 
 # Factors that a comparison pairs over rather than compares: BN is the treatment
 # and seeds are the replicates.
@@ -120,7 +120,7 @@ class Trial:
 
 
 @dataclasses.dataclass
-class Study:
+class FinishedStudy:
     """A study's config and trials, with the selections the report compares.
 
     Attributes:
@@ -207,4 +207,4 @@ def load_study(experiment_dir):
         levels = {**{f: str(default_value(config, f)) for f in PAIRED},
                   **{f: str(v) for f, v in point.items()}}
         trials.append(Trial(name, os.path.join(experiment_dir, name), levels, latest[name]))
-    return Study(experiment_dir, config, factors, trials, missing)
+    return FinishedStudy(experiment_dir, config, factors, trials, missing)

@@ -2,7 +2,7 @@ import itertools
 from collections import Counter
 
 from tfbn.config import flatten, parse_config, to_dict
-from tfbn.study import apply_factors, design_points, run_name
+from tfbn.design import apply_factors, design_points, run_name
 
 # Every factor, with two levels that differ from the defaults below.
 TWO_LEVELS = {
