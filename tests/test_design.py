@@ -77,7 +77,7 @@ def test_that_run_names_read_as_short_factor_assignments():
     assert run_name({"bn": "before"}) == "bn=before"
     assert run_name({"activation": "relu", "bn": "none", "seed": 1}) == "act=relu,bn=none,seed=1"
     assert run_name({"test_ratio": "1:9", "learning_rate": 0.001, "batch_size": 16}) == (
-        "dist=1:9,lr=0.001,bs=16")
+        "test=1:9,lr=0.001,bs=16")
 
 
 def test_that_run_names_are_unique_across_a_design_over_all_factors():

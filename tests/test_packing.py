@@ -189,10 +189,10 @@ def test_that_points_differing_only_in_test_ratio_share_one_training_with_their_
     rows = run_study(config, quiet=True)
     experiment = tmp_path / "quickstart"
     assert [row["run"] for row in rows] == [
-        "dist=1:1,bn=none", "dist=1:1,bn=before", "dist=1:3,bn=none", "dist=1:3,bn=before"]
+        "test=1:1,bn=none", "test=1:1,bn=before", "test=1:3,bn=none", "test=1:3,bn=before"]
     runs = {row["run"]: scalars(experiment / row["run"]) for row in rows}
     for bn in ("none", "before"):
-        even, skewed = runs[f"dist=1:1,bn={bn}"], runs[f"dist=1:3,bn={bn}"]
+        even, skewed = runs[f"test=1:1,bn={bn}"], runs[f"test=1:3,bn={bn}"]
         # One training: the same training curve and weights in both runs...
         assert even["loss/train"] == skewed["loss/train"]
         assert even["weight_norm/dense_1"] == skewed["weight_norm/dense_1"]

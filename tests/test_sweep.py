@@ -261,6 +261,19 @@ def test_that_a_diverged_trial_is_recorded_and_its_pack_mates_train_on(tmp_path)
     assert trial_statuses(experiment) == {"COMPLETED": 1}
 
 
+def test_that_a_results_file_with_runs_this_version_does_not_name_is_refused_untouched(tmp_path, trained):
+    config = load(tmp_path, "study.factors.bn=[none, before]")
+    run_study(config, quiet=True)
+    results = tmp_path / "quickstart" / "results.csv"
+    # A run name of another version (as when test_ratio was labelled dist=).
+    old = results.read_text().replace("bn=before", "arm=before")
+    results.write_text(old)
+    with pytest.raises(ConfigError, match=r"names runs that this version of tfbn does not "
+                                          r"\(e.g. 'arm=before'\).*--restart"):
+        run_study(config, quiet=True)
+    assert results.read_text() == old and len(trained) == 2
+
+
 def test_that_failed_trials_are_recorded_and_do_not_stop_the_sweep(tmp_path, monkeypatch):
     seeds = []
 

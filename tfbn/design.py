@@ -23,7 +23,7 @@ CROSSED = ("bn", "seed")
 # Short names used in run names and progress lines.
 LABELS = {
     "activation": "act", "optimizer": "opt", "learning_rate": "lr", "batch_size": "bs",
-    "test_ratio": "dist", "train_ratio": "train", "bn": "bn", "depth": "depth",
+    "test_ratio": "test", "train_ratio": "train", "bn": "bn", "depth": "depth",
     "width": "width", "seed": "seed",
 }
 

@@ -208,7 +208,7 @@ def run_study(config, *, quiet=False, restart=False, role=None):
 def _run_locked(config, points, strategy, experiment_dir, quiet, restart, role):
     """`run_study` once it holds the experiment's lock (or is a worker)."""
     _prepare_experiment_dir(experiment_dir, config, restart)
-    _check_results_header(os.path.join(experiment_dir, "results.csv"), result_columns(points[0]))
+    _check_results_file(os.path.join(experiment_dir, "results.csv"), result_columns(points[0]), points)
     packs = plan_packs(config, points)
     oracle = DesignOracle(packs, fixed={"bn_sync": config.model.bn_sync})
     oracle.verbose = 0
@@ -267,14 +267,23 @@ def _check_trials(config, points, strategy):
                             f"trial {run_name(point)}; lower train.batch_size")
 
 
-def _check_results_header(path, columns):
-    if os.path.exists(path):
-        with open(path) as f:
-            header = f.readline().strip()
-        if header != ",".join(columns):
-            raise ConfigError(
-                f"{path} has the columns {header!r}, not those this version of tfbn writes "
-                f"({','.join(columns)!r}); pass --restart to move the old run aside")
+def _check_results_file(path, columns, points):
+    """Refuses to resume a results file that this version of tfbn did not write for this design."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        header = f.readline().strip()
+    if header != ",".join(columns):
+        raise ConfigError(
+            f"{path} has the columns {header!r}, not those this version of tfbn writes "
+            f"({','.join(columns)!r}); pass --restart to move the old run aside")
+    # The config check has already refused another design: unknown names come from an
+    # earlier version's run names (test_ratio was labelled dist=).
+    unknown = sorted({row["run"] for row in read_rows(path)} - {run_name(p) for p in points})
+    if unknown:
+        raise ConfigError(
+            f"{path} names runs that this version of tfbn does not (e.g. {unknown[0]!r}), so "
+            "resuming would train them again; pass --restart to move the old run aside")
 
 
 def _prepare_experiment_dir(experiment_dir, config, restart):
