@@ -1,0 +1,149 @@
+"""A study as a chief and workers, and the command-line mistakes of roles and addresses."""
+
+import os
+import sys
+import time
+import types
+from collections import Counter
+
+import pytest
+from keras_tuner.src.distribute import oracle_chief
+
+from tfbn.errors import ConfigError
+from tfbn.run import main
+from tfbn.sweep import run_study
+from tfbn.workers import LOOPBACK, free_port, set_role
+
+from helpers import FLAGS, QUICKSTART, finish, load, read_rows, run_dirs, set_args, start
+
+
+# Chief and workers.
+
+# A worker of a pair that asks the chief for each trial only when the other one is
+# ready to ask too: both get a first trial, and both get keras-tuner's stop signal at
+# once (the chief polls every 20 s for workers still busy). Usage:
+#   python -c LOCKSTEP_WORKER <folder> <name> <tfbn.run arguments>
+# <folder>/<name> lists the runs the worker trained.
+LOCKSTEP_WORKER = """
+import os, sys, time
+import tfbn.sweep
+from tfbn.run import main
+
+folder, name = sys.argv[1], sys.argv[2]
+rounds = 0
+
+def pre_create_trial(self):
+    global rounds
+    rounds += 1
+    open(os.path.join(folder, f"{name}.round{rounds}"), "w").close()
+    deadline = time.monotonic() + 120
+    while (len([f for f in os.listdir(folder) if f.endswith(f".round{rounds}")]) < 2
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
+
+train = tfbn.sweep.train_pack
+
+def train_pack(branches, *args, **kwargs):
+    with open(os.path.join(folder, name), "a") as f:
+        f.writelines(os.path.basename(t.log_dir) + "\\n" for targets in branches for t in targets)
+    return train(branches, *args, **kwargs)
+
+tfbn.sweep.StudyTuner.pre_create_trial = pre_create_trial
+tfbn.sweep.train_pack = train_pack
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_that_a_chief_and_two_workers_one_set_up_by_environment_alone_run_each_trial_once(
+        tmp_path, processes):
+    args = [*FLAGS, *set_args(
+        tmp_path, "study.factors={bn: [none, before], seed: [0, 1, 2, 3]}", "train.steps=50")]
+    port = free_port()
+    oracle = f"{LOOPBACK}:{port}"
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    chief = start(processes, [sys.executable, "-m", "tfbn.run", *args, "--role", "chief",
+                              "--oracle", oracle], tmp_path / "chief.log")
+    worker = [sys.executable, "-c", LOCKSTEP_WORKER, str(folder)]
+    flags = start(processes, [*worker, "flags", *args, "--role", "worker", "--oracle", oracle,
+                              "--tuner-id", "flags"], tmp_path / "flags.log")
+    # keras-tuner's own convention, with no --role: what a cluster scheduler would set.
+    environment = start(processes, [*worker, "environment", *args], tmp_path / "environment.log",
+                        KERASTUNER_TUNER_ID="environment", KERASTUNER_ORACLE_IP=LOOPBACK,
+                        KERASTUNER_ORACLE_PORT=str(port))
+    for process, name in ((flags, "flags"), (environment, "environment"), (chief, "chief")):
+        status, output = finish(process, tmp_path / f"{name}.log")
+        assert status == 0, output
+
+    experiment = tmp_path / "quickstart"
+    names = {f"bn={bn},seed={seed}" for bn in ("none", "before") for seed in range(4)}
+    rows = read_rows(experiment)
+    assert Counter(row["run"] for row in rows) == {name: 1 for name in names}
+    assert {(row["status"], row["steps_run"]) for row in rows} == {("ok", "50")}
+    assert run_dirs(experiment) == names
+    ran = {name: (folder / name).read_text().split() for name in ("flags", "environment")}
+    assert ran["flags"] and ran["environment"]
+    assert Counter(ran["flags"] + ran["environment"]) == {name: 1 for name in names}
+    # Each process kept its own tuner state; none ran the study alone (tuner0).
+    assert {p.name for p in (experiment / "tuner").glob("*.json")} == {
+        "oracle.json", "chief.json", "flags.json", "environment.json"}
+
+
+def test_that_parallel_trials_runs_a_grid_in_local_worker_processes(tmp_path, monkeypatch):
+    # This process is the chief; keras-tuner's chief looks every 20 s for workers still busy.
+    monkeypatch.setattr(oracle_chief, "time", types.SimpleNamespace(
+        sleep=lambda seconds: time.sleep(min(seconds, 0.5))))
+    config = load(tmp_path, "study.factors={bn: [none, before], seed: [0, 1]}", "train.steps=50",
+                  "distribute.parallel_trials=2")
+    rows = run_study(config, quiet=True)
+    names = [f"bn={bn},seed={seed}" for bn in ("none", "before") for seed in (0, 1)]
+    assert [(row["run"], row["status"], row["steps_run"]) for row in rows] == [
+        (name, "ok", "50") for name in names]
+    experiment = tmp_path / "quickstart"
+    assert len(read_rows(experiment)) == 4 and run_dirs(experiment) == set(names)
+    files = {p.name for p in (experiment / "tuner").glob("*.json")}
+    # This process served the trials as the chief and trained none of them.
+    assert {"oracle.json", "chief.json"} < files <= {
+        "oracle.json", "chief.json", "worker0.json", "worker1.json"}
+    assert not any(name.startswith("KERASTUNER_") for name in os.environ)
+
+
+
+# Command-line mistakes.
+
+@pytest.mark.parametrize("oracle", ["127.0.0.1", "127.0.0.1:port", ":8000", "127.0.0.1:"])
+def test_that_a_malformed_oracle_address_exits_2_naming_the_expected_form(tmp_path, capsys, oracle):
+    assert main(["--config", QUICKSTART, *set_args(tmp_path), "--role", "worker",
+                 "--oracle", oracle]) == 2
+    error = capsys.readouterr().err
+    assert (f"tfbn: error: --oracle {oracle!r}: write HOST:PORT with a port from 1 to 65535, "
+            "e.g. 127.0.0.1:8000\n") in error
+    assert "KERASTUNER_ORACLE_IP" not in os.environ and not (tmp_path / "quickstart").exists()
+
+
+def test_that_a_worker_without_an_oracle_address_exits_2(tmp_path, capsys):
+    assert main(["--config", QUICKSTART, *set_args(tmp_path), "--role", "worker"]) == 2
+    assert "write HOST:PORT" in capsys.readouterr().err
+
+
+def test_that_a_worker_id_that_keras_tuner_would_take_for_the_chief_is_refused():
+    with pytest.raises(ConfigError, match="must not contain 'chief'"):
+        set_role("worker", "127.0.0.1:8000", "mischief-1")
+
+
+def test_that_a_chief_without_an_address_binds_to_loopback(monkeypatch):
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.setenv(name, "restored after the test")  # teardown then undoes set_role
+    set_role("chief", None)
+    assert (os.environ["KERASTUNER_TUNER_ID"], os.environ["KERASTUNER_ORACLE_IP"],
+            os.environ["KERASTUNER_ORACLE_PORT"]) == ("chief", "127.0.0.1", "8000")
+
+
+def test_that_an_oracle_port_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match="99999"):
+        set_role("worker", "127.0.0.1:99999")
+
+
+def test_that_an_oracle_address_without_a_role_exits_2(tmp_path, trained):
+    assert main([*FLAGS, *set_args(tmp_path, "study.factors.bn=[none]"),
+                 "--oracle", "127.0.0.1:8000"]) == 2
