@@ -425,13 +425,23 @@ def test_that_a_digits_study_gets_every_figure_and_both_tables(tmp_path):
     events.Reload()
     plugins = {tag: events.SummaryMetadata(tag).plugin_data.plugin_name for tag in events.Tags()["tensors"]}
     images = {tag: events.Tensors(tag) for tag, plugin in plugins.items() if plugin == "images"}
-    # The figures form their own group in the Images tab.
-    assert set(images) == {f"report/{name}" for name in figures}
+    # The figures form their own group in the Images tab, each figure whole and, when it has
+    # several panels, each panel as its own image (readable without "actual size").
+    wholes = {tag for tag in images if tag.count("/") == 1}
+    assert wholes == {f"report/{name}" for name in figures}
+    sizes = {}
     for tag, (event,) in images.items():
         width, height, encoded = make_ndarray(event.tensor_proto)
         assert encoded[:8] == PNG_SIGNATURE
-        name = tag.removeprefix("report/")
-        assert imread(experiment / "report" / f"{name}.png").shape[:2] == (int(height), int(width))
+        sizes[tag] = (int(height), int(width))
+    for tag in wholes:
+        assert imread(experiment / "report" / f"{tag.removeprefix('report/')}.png").shape[:2] == sizes[tag]
+    # Gradient norms: one panel per Dense layer (dense_1, dense_2, logits) in one row.
+    panels = sorted(tag for tag in images if tag.startswith("report/grad_norm/"))
+    assert panels == ["report/grad_norm/1", "report/grad_norm/2", "report/grad_norm/3"]
+    for tag in panels:
+        height, width = sizes[tag]
+        assert 250 < width < sizes["report/grad_norm"][1] / 2 and height > 200
     # The Text tab: the config used, the verdicts and the whole report.
     texts = {tag: make_ndarray(events.Tensors(tag)[0].tensor_proto).item().decode()
              for tag, plugin in plugins.items() if plugin == "text"}

@@ -12,6 +12,7 @@ import math
 import os
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tfbn import tags
@@ -30,13 +31,18 @@ BAND = ("band: min to max over the trials averaged (seeds, and in a full factori
 
 @dataclasses.dataclass(frozen=True)
 class Plot:
-    """One figure of the report: drawn to ``path``, or skipped for ``skipped``."""
+    """One figure of the report: drawn to ``path``, or skipped for ``skipped``.
+
+    ``panels`` holds, for a figure of several panels, each panel as its own
+    image: ``(panel title, RGB array)``, the figure's legend under it.
+    """
 
     name: str
     title: str
     caption: str
     path: str = None
     skipped: str = None
+    panels: tuple = ()
 
 
 class Skip(Exception):
@@ -59,8 +65,43 @@ def draw_figures(study, out_dir):
         figure.suptitle(title)
         path = os.path.join(out_dir, f"{name}.png")
         figure.savefig(path, dpi=DPI, facecolor="white")
-        plots.append(Plot(name, title, caption, path=path))
+        plots.append(Plot(name, title, caption, path=path, panels=_panels(figure)))
     return plots
+
+
+def _panels(figure):
+    """Each drawn panel of a figure of several, cut from the rendered figure with its legend.
+
+    TensorBoard's Images tab scales an image to its card; a grid of panels is
+    unreadable there unless shown at actual size, one panel is not.
+    """
+    shown = [ax for ax in figure.axes if ax.get_visible() and ax.has_data()]
+    if len(shown) < 2:
+        return ()
+    figure.set_facecolor("white")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba())[..., :3]
+    renderer = canvas.get_renderer()
+    legend = [_crop(image, box.get_window_extent(renderer)) for box in figure.legends]
+    return tuple((ax.get_title(), _stack([_crop(image, ax.get_tightbbox(renderer)), *legend]))
+                 for ax in shown)
+
+
+def _crop(image, box, pad=4):
+    """The pixels of a display-space bounding box (origin bottom left) of a rendered image."""
+    height, width = image.shape[:2]
+    x0, x1 = max(int(box.x0) - pad, 0), min(int(box.x1) + pad, width)
+    top, bottom = max(height - int(box.y1) - pad, 0), min(height - int(box.y0) + pad, height)
+    return image[top:bottom, x0:x1]
+
+
+def _stack(images):
+    """Images one under the other on white, left-aligned."""
+    width = max(image.shape[1] for image in images)
+    padded = [np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255)
+              for image in images]
+    return np.concatenate(padded, axis=0)
 
 
 def _plan(study):

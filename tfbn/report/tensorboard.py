@@ -17,7 +17,8 @@ def write_report_run(report_dir, plots, texts):
 
     Args:
         report_dir: The report's folder, ``<experiment>/report``.
-        plots: `tfbn.report.figures.Plot`s; the drawn ones become images.
+        plots: `tfbn.report.figures.Plot`s; the drawn ones become images
+            ``report/<name>``, and their panels ``report/<name>/<k>``.
         texts: Dict from name to Markdown, shown as rendered text.
     """
     for old in glob.glob(os.path.join(report_dir, "events.out.tfevents.*")):
@@ -28,6 +29,10 @@ def write_report_run(report_dir, plots, texts):
             if plot.path:
                 image = tf.io.decode_png(tf.io.read_file(plot.path), channels=3)
                 tf.summary.image(f"{GROUP}/{plot.name}", image[None], step=0, description=plot.caption)
+            # Each panel of a grid as its own image as well, readable at the card's size.
+            for number, (title, panel) in enumerate(plot.panels, start=1):
+                tf.summary.image(f"{GROUP}/{plot.name}/{number}", panel[None], step=0,
+                                 description=f"{title}: {plot.caption}")
         for name, markdown in texts.items():
             tf.summary.text(f"{GROUP}/{name}", markdown, step=0)
     writer.close()
