@@ -30,13 +30,13 @@ def expected_tags(instrument):
     """(scalar tags, histogram tags) for a two-hidden-layer MLP with BN."""
     dense, bns, acts = ("dense_1", "dense_2", "logits"), ("bn_1", "bn_2"), ("act_1", "act_2")
     if instrument == "weights":
-        return ({f"weight_norm/{d}" for d in dense},
-                {f"weights/{d}/kernel" for d in dense}
-                | {f"weights/{b}/{v}" for b in bns
+        return ({f"weights/norm/{d}" for d in dense},
+                {f"weights/values/{d}/kernel" for d in dense}
+                | {f"weights/values/{b}/{v}" for b in bns
                    for v in ("gamma", "beta", "moving_mean", "moving_variance")})
     if instrument == "gradients":
-        return ({f"grad_{kind}/{d}" for d in dense for kind in ("norm", "mean_abs")},
-                {f"grad/{d}" for d in dense})
+        return ({f"gradients/{kind}/{d}" for d in dense for kind in ("norm", "mean_abs")},
+                {f"gradients/values/{d}" for d in dense})
     if instrument == "jacobian":
         layers = ("dense_1", "dense_2", "network")
         return ({f"jacobian/{layer}/{s}" for layer in layers for s in STATISTICS},
@@ -102,18 +102,18 @@ def test_that_weights_logs_the_kernel_norms_and_every_weight_in_its_histograms(t
     scalars, histograms = read_summaries(tmp_path)
     for name in ("dense_1", "dense_2", "logits"):
         kernel = model.get_layer(name).kernel.numpy()
-        np.testing.assert_allclose(scalars[f"weight_norm/{name}"][STEPS], np.linalg.norm(kernel), rtol=1e-6)
+        np.testing.assert_allclose(scalars[f"weights/norm/{name}"][STEPS], np.linalg.norm(kernel), rtol=1e-6)
     for layer in ("dense_1", "bn_1", "dense_2", "bn_2", "logits"):
         for variable in model.get_layer(layer).weights:
             if variable.name == "bias":
                 continue
             values = variable.numpy()
-            buckets = histograms[f"weights/{layer}/{variable.name}"][STEPS]
+            buckets = histograms[f"weights/values/{layer}/{variable.name}"][STEPS]
             assert buckets[:, 2].sum() == values.size
             np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], [values.min(), values.max()],
                                        rtol=1e-6)
     # At step 0 the moving variances are all one.
-    (left, right, count), = [row for row in histograms["weights/bn_1/moving_variance"][0] if row[2]]
+    (left, right, count), = [row for row in histograms["weights/values/bn_1/moving_variance"][0] if row[2]]
     assert left <= 1.0 < right and count == 8
 
 
@@ -123,12 +123,12 @@ def test_that_gradients_logs_the_norm_and_mean_of_the_last_applied_gradient(tmp_
     for name, variable in model.kernel_gradients.items():
         gradient = variable.numpy()
         assert np.linalg.norm(gradient) > 0
-        np.testing.assert_allclose(scalars[f"grad_norm/{name}"][STEPS], np.linalg.norm(gradient), rtol=1e-6)
-        np.testing.assert_allclose(scalars[f"grad_mean_abs/{name}"][STEPS], np.abs(gradient).mean(),
+        np.testing.assert_allclose(scalars[f"gradients/norm/{name}"][STEPS], np.linalg.norm(gradient), rtol=1e-6)
+        np.testing.assert_allclose(scalars[f"gradients/mean_abs/{name}"][STEPS], np.abs(gradient).mean(),
                                    rtol=1e-6)
-        assert histograms[f"grad/{name}"][STEPS][:, 2].sum() == gradient.size
+        assert histograms[f"gradients/values/{name}"][STEPS][:, 2].sum() == gradient.size
     # Each write reads the gradient of its own step.
-    assert scalars["grad_norm/dense_1"][8] != scalars["grad_norm/dense_1"][12]
+    assert scalars["gradients/norm/dense_1"][8] != scalars["gradients/norm/dense_1"][12]
 
 
 @pytest.mark.parametrize("bn", ["before", "none"])
@@ -137,7 +137,7 @@ def test_that_gradients_with_a_training_sample_logs_the_initial_networks_gradien
     sample = TrainingSample(rng.normal(size=(100, 12)).astype("float32"), rng.integers(0, 4, 100), 16, 0)
     train([Gradients(str(tmp_path), EVERY, sample)], bn=bn)
     scalars, histograms = read_summaries(tmp_path)
-    assert sorted(scalars["grad_norm/dense_1"]) == LOGGED_STEPS
+    assert sorted(scalars["gradients/norm/dense_1"]) == LOGGED_STEPS
     # Independently: the same initial network (same seed), its own tape, BN by the batch's statistics.
     initial = tfbn.build_mlp((12,), 4, (8, 6), "sigmoid", bn, seed=0)
     x, y = sample.batch(0)
@@ -145,8 +145,8 @@ def test_that_gradients_with_a_training_sample_logs_the_initial_networks_gradien
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, initial(x, training=True))
     layers = ("dense_1", "dense_2", "logits")
     for name, gradient in zip(layers, tape.gradient(loss, [initial.get_layer(n).kernel for n in layers])):
-        np.testing.assert_allclose(scalars[f"grad_norm/{name}"][0], np.linalg.norm(gradient), rtol=1e-5)
-        assert histograms[f"grad/{name}"][0][:, 2].sum() == gradient.numpy().size
+        np.testing.assert_allclose(scalars[f"gradients/norm/{name}"][0], np.linalg.norm(gradient), rtol=1e-5)
+        assert histograms[f"gradients/values/{name}"][0][:, 2].sum() == gradient.numpy().size
 
 
 @pytest.mark.parametrize("mode", ["inference", "batch"])
@@ -186,11 +186,11 @@ def test_that_a_diverged_network_is_logged_with_nans_instead_of_failing(tmp_path
         callback.on_train_end()
     scalars, histograms = read_summaries(tmp_path)
     assert np.isfinite(scalars["jacobian/dense_1/max"][0])
-    for tag in ("jacobian/dense_2/max", "jacobian/network/mean", "weight_norm/dense_2",
+    for tag in ("jacobian/dense_2/max", "jacobian/network/mean", "weights/norm/dense_2",
                 "percentiles/act_2/all/p50"):
         assert np.isnan(scalars[tag][0])
-    assert histograms["weights/dense_2/kernel"][0][:, 2].sum() == 0
-    assert histograms["weights/dense_1/kernel"][0][:, 2].sum() == 12 * 8
+    assert histograms["weights/values/dense_2/kernel"][0][:, 2].sum() == 0
+    assert histograms["weights/values/dense_1/kernel"][0][:, 2].sum() == 12 * 8
 
 
 def test_that_build_instruments_follows_the_log_config():

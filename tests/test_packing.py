@@ -95,8 +95,8 @@ def test_that_a_packed_branch_trains_as_its_solo_run(tmp_path):
         pack_norms = scalars(tmp_path / "pack" / run_name(point))
         solo_norms = scalars(tmp_path / "solo" / run_name(point))
         for layer in ("dense_1", "dense_2", "logits"):
-            [(step, norm)] = [s for s in pack_norms[f"grad_norm/{layer}"] if s[0] == 100]
-            [(_, alone)] = [s for s in solo_norms[f"grad_norm/{layer}"] if s[0] == 100]
+            [(step, norm)] = [s for s in pack_norms[f"gradients/norm/{layer}"] if s[0] == 100]
+            [(_, alone)] = [s for s in solo_norms[f"gradients/norm/{layer}"] if s[0] == 100]
             assert norm == pytest.approx(alone, rel=1e-4), (point, layer)
         # The same batches: the training loss of the first period agrees closely.
         assert pack_norms["loss/train"][0][1] == pytest.approx(solo_norms["loss/train"][0][1],
@@ -195,7 +195,7 @@ def test_that_points_differing_only_in_test_ratio_share_one_training_with_their_
         even, skewed = runs[f"test=1:1,bn={bn}"], runs[f"test=1:3,bn={bn}"]
         # One training: the same training curve and weights in both runs...
         assert even["loss/train"] == skewed["loss/train"]
-        assert even["weight_norm/dense_1"] == skewed["weight_norm/dense_1"]
+        assert even["weights/norm/dense_1"] == skewed["weights/norm/dense_1"]
         # ...measured on two different test splits.
         assert even["accuracy/test"] != skewed["accuracy/test"]
         assert even["percentiles/act_1/all/p50"] != skewed["percentiles/act_1/all/p50"]

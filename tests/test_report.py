@@ -54,7 +54,8 @@ def synthetic_result(point):
 
 
 def write_synthetic_events(run_dir, point, result):
-    """Instrument tags as the callbacks write them, with BN's effects built in."""
+    """Instrument tags as the callbacks of earlier versions wrote them (``grad_norm/``,
+    ``weight_norm/``; the report reads them under today's names), with BN's effects built in."""
     before, seed, last = point["bn"] == "before", point["seed"], result["steps_run"]
     rng = np.random.default_rng(seed + 10 * before)
     with tf.summary.create_file_writer(str(run_dir)).as_default():

@@ -61,3 +61,14 @@ def test_that_the_evaluation_tags_are_the_ones_the_report_and_layout_name():
     assert step_metrics_tag("val_accuracy") == tags.TEST_ACCURACY
     assert step_metrics_tag("val_loss") == tags.TEST_LOSS
     assert step_metrics_tag("loss") == tags.TRAIN_LOSS
+
+
+def test_that_runs_of_earlier_versions_are_read_under_todays_tag_names():
+    assert tags.current("grad_norm/dense_1") == tags.gradient_norm("dense_1") == "gradients/norm/dense_1"
+    assert tags.current("grad_mean_abs/logits") == tags.gradient_mean_abs("logits")
+    assert tags.current("grad/dense_2") == tags.gradient("dense_2") == "gradients/values/dense_2"
+    assert tags.current("weight_norm/dense_1") == tags.weight_norm("dense_1") == "weights/norm/dense_1"
+    assert tags.current("weights/bn_1/gamma") == tags.weights("bn_1", "gamma") == "weights/values/bn_1/gamma"
+    for tag in ("gradients/norm/dense_1", "weights/values/dense_1/kernel", "weights/norm/logits",
+                "jacobian/network/max", "accuracy/test"):
+        assert tags.current(tag) == tag

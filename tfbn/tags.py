@@ -1,14 +1,16 @@
 """The TensorBoard tag scheme: the one definition the instruments write and the report,
 the layout and the tests read.
 
-Each instrument's tags start with its own prefix; `describe` gives the one-line
-description that TensorBoard shows beside a tag (what it measures, which claim).
+Each instrument's tags start with its own name (``gradients/``, ``weights/``,
+``jacobian/``, ...); `describe` gives the one-line description that TensorBoard
+shows beside a tag (what it measures, which claim), and `current` reads the tag
+names of runs written by earlier versions.
 
 Example:
 
 ```python
-tfbn.tags.gradient_norm("dense_1")          # "grad_norm/dense_1"
-tfbn.tags.layer_of(tfbn.tags.GRADIENT_NORM, "grad_norm/dense_1")  # "dense_1"
+tfbn.tags.gradient_norm("dense_1")          # "gradients/norm/dense_1"
+tfbn.tags.layer_of(tfbn.tags.GRADIENT_NORM, "gradients/norm/dense_1")  # "dense_1"
 ```
 """
 
@@ -20,11 +22,11 @@ TEST_LOSS = "loss/test"
 TRAIN_LOSS = "loss/train"
 
 # Tag families: prefix + "/" + the rest.
-GRADIENT_NORM = "grad_norm"
-GRADIENT_MEAN_ABS = "grad_mean_abs"
-GRADIENT = "grad"
-WEIGHT_NORM = "weight_norm"
-WEIGHTS = "weights"
+GRADIENT_NORM = "gradients/norm"
+GRADIENT_MEAN_ABS = "gradients/mean_abs"
+GRADIENT = "gradients/values"
+WEIGHT_NORM = "weights/norm"
+WEIGHTS = "weights/values"
 JACOBIAN = "jacobian"
 PERCENTILES = "percentiles"
 ICS = "ics"
@@ -82,8 +84,25 @@ def prefix(family, *parts):
 
 def layer_of(family, tag):
     """The layer a ``<family>/<layer>`` tag names, or None for another tag."""
-    head, _, layer = tag.partition("/")
-    return layer if head == family and layer and "/" not in layer else None
+    layer = tag.removeprefix(family + "/")
+    return layer if tag.startswith(family + "/") and layer and "/" not in layer else None
+
+
+# Earlier versions' names: old prefix -> current prefix.
+_LEGACY = {"grad_norm/": GRADIENT_NORM + "/", "grad_mean_abs/": GRADIENT_MEAN_ABS + "/",
+           "grad/": GRADIENT + "/", "weight_norm/": WEIGHT_NORM + "/"}
+
+
+def current(tag):
+    """A tag under its current name: runs of earlier versions wrote ``grad_norm/dense_1``,
+    ``weights/dense_1/kernel`` and the like."""
+    for old, new in _LEGACY.items():
+        if tag.startswith(old):
+            return new + tag.removeprefix(old)
+    head, _, rest = tag.partition("/")
+    if head == "weights" and not rest.startswith(("norm/", "values/")):
+        return f"{WEIGHTS}/{rest}"
+    return tag
 
 
 def hidden_index(layer):
@@ -114,4 +133,5 @@ _DESCRIPTIONS = {
 
 def describe(tag):
     """The one-line description of a tag's family, for TensorBoard; empty for unknown tags."""
-    return _DESCRIPTIONS.get(tag.partition("/")[0], "")
+    families = [family for family in _DESCRIPTIONS if tag.startswith(family + "/")]
+    return _DESCRIPTIONS[max(families, key=len)] if families else ""

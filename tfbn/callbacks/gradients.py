@@ -13,8 +13,8 @@ class Gradients(Periodic):
     the step count to the logged step, as `tfbn.models.MLP` keeps it; no
     second backward pass runs.
 
-    Tags: ``grad_norm/<layer>`` (L2 norm) and ``grad_mean_abs/<layer>`` (mean
-    absolute value) scalars, and ``grad/<layer>`` histograms.
+    Tags: ``gradients/norm/<layer>`` (L2 norm) and ``gradients/mean_abs/<layer>``
+    (mean absolute value) scalars, and ``gradients/values/<layer>`` histograms.
 
     With a `tfbn.callbacks.TrainingSample`, it also writes when training
     begins, before any step has applied a gradient: the initial network's

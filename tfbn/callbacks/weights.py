@@ -10,10 +10,10 @@ from tfbn.callbacks.periodic import Periodic
 class Weights(Periodic):
     """Logs the weights of every Dense and BN layer every ``every`` steps.
 
-    Tags: ``weights/<dense layer>/kernel`` and ``weights/<bn layer>/<gamma,
-    beta, moving_mean, moving_variance>`` histograms (every weight of any
-    other layer that has weights, too), and ``weight_norm/<dense layer>``
-    scalars (L2 norm of the kernel).
+    Tags: ``weights/values/<dense layer>/kernel`` and ``weights/values/<bn
+    layer>/<gamma, beta, moving_mean, moving_variance>`` histograms (every
+    weight of any other layer that has weights, too), and
+    ``weights/norm/<dense layer>`` scalars (L2 norm of the kernel).
 
     Keras's `keras.callbacks.TensorBoard` writes weight histograms only at
     epoch ends against the epoch index; `tfbn.training` runs one epoch per

@@ -367,7 +367,7 @@ def _weight_growth(trial):
 
 
 def _hidden_gradient_tags(trial):
-    """``grad_norm/dense_<i>`` tags, first hidden layer first."""
+    """``gradients/norm/dense_<i>`` tags, first hidden layer first."""
     hidden = {tags.hidden_index(tags.layer_of(tags.GRADIENT_NORM, t) or ""): t
               for t in trial.tags(tags.prefix(tags.GRADIENT_NORM))}
     return [hidden[i] for i in sorted(i for i in hidden if i)]

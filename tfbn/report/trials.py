@@ -55,11 +55,12 @@ def read_events(run_dir):
     for tag in accumulator.Tags()["tensors"]:
         plugin = accumulator.SummaryMetadata(tag).plugin_data.plugin_name
         events = sorted(accumulator.Tensors(tag), key=lambda e: e.step)
+        name = tags.current(tag)  # runs of earlier versions are read under today's names
         if plugin == "scalars":
-            scalars[tag] = (np.array([e.step for e in events], float),
-                            np.array([float(make_ndarray(e.tensor_proto)) for e in events]))
-        elif plugin == "histograms" and tag.startswith(HISTOGRAMS):
-            histograms[tag] = [(e.step, make_ndarray(e.tensor_proto)) for e in events]
+            scalars[name] = (np.array([e.step for e in events], float),
+                             np.array([float(make_ndarray(e.tensor_proto)) for e in events]))
+        elif plugin == "histograms" and name.startswith(HISTOGRAMS):
+            histograms[name] = [(e.step, make_ndarray(e.tensor_proto)) for e in events]
     return Events(scalars, histograms)
 
 
