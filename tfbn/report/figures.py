@@ -14,6 +14,7 @@ import os
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 
 from tfbn import tags
 from tfbn.report.summaries import final_accuracy, last_hidden_unit
@@ -63,14 +64,20 @@ def draw_figures(study, out_dir):
             plots.append(Plot(name, title, caption, skipped=str(skip)))
             continue
         figure.suptitle(title)
+        # Rendered once: the PNG file and the panels come from the same pixels.
+        figure.set_dpi(DPI)
+        figure.set_facecolor("white")
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        image = np.asarray(canvas.buffer_rgba())[..., :3]
         path = os.path.join(out_dir, f"{name}.png")
-        figure.savefig(path, dpi=DPI, facecolor="white")
-        plots.append(Plot(name, title, caption, path=path, panels=_panels(figure)))
+        imsave(path, image)
+        plots.append(Plot(name, title, caption, path=path, panels=_panels(figure, canvas, image)))
     return plots
 
 
-def _panels(figure):
-    """Each drawn panel of a figure of several, cut from the rendered figure with its legend.
+def _panels(figure, canvas, image):
+    """Each drawn panel of a figure of several, cut from its rendered ``image`` with its legend.
 
     TensorBoard's Images tab scales an image to its card; a grid of panels is
     unreadable there unless shown at actual size, one panel is not.
@@ -78,10 +85,6 @@ def _panels(figure):
     shown = [ax for ax in figure.axes if ax.get_visible() and ax.has_data()]
     if len(shown) < 2:
         return ()
-    figure.set_facecolor("white")
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    image = np.asarray(canvas.buffer_rgba())[..., :3]
     renderer = canvas.get_renderer()
     legend = [_crop(image, box.get_window_extent(renderer)) for box in figure.legends]
     return tuple((ax.get_title(), _stack([_crop(image, ax.get_tightbbox(renderer)), *legend]))
