@@ -31,20 +31,15 @@ class Gradients(Periodic):
         super().__init__(log_dir, every)
         self.sample = sample
         self.log_at_start = sample is not None
-        self._starting = False
 
     def on_train_begin(self, logs=None):
         if not hasattr(self.model, "kernel_gradients"):
             raise TypeError(f"Gradients needs a tfbn.models.MLP (from tfbn.build_mlp), "
                             f"got {type(self.model).__name__}")
-        self._starting = True
-        try:
-            super().on_train_begin(logs)
-        finally:
-            self._starting = False
+        super().on_train_begin(logs)
 
     def measure(self):
-        if self._starting:
+        if self._step() == self._first_step:  # no step has applied a gradient yet
             gradients = instruments.kernel_gradients(self.model, *self.sample.batch(self._step()))
         else:
             gradients = {name: v.numpy() for name, v in self.model.kernel_gradients.items()}

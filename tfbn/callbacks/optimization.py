@@ -43,7 +43,14 @@ def mean_cross_entropy(y, logits):
 
 
 class _OptimizationProbe(Periodic):
-    """A probe of the training loss on a `TrainingSample` batch, with the model's own optimizer."""
+    """A probe of the training loss on the `TrainingSample` batch of each written step,
+    with the model's own optimizer; training is unchanged.
+
+    Args:
+        log_dir: The run directory the event file goes to.
+        sample: A `TrainingSample`.
+        every: Training steps between two writes.
+    """
 
     def __init__(self, log_dir, sample, every):
         super().__init__(log_dir, every)
@@ -55,47 +62,41 @@ class _OptimizationProbe(Periodic):
                             "its update is part of the measurement")
         super().on_train_begin(logs)
 
+    def measure(self):
+        return self.probe(*self.sample.batch(self._step())), {}
+
+    def probe(self, x, y):
+        """The scalars of the probe on the training batch ``(x, y)``."""
+        raise NotImplementedError
+
 
 class CovariateShift(_OptimizationProbe):
     """Logs each Dense layer's internal covariate shift (Santurkar et al. 2018, definition 2.1).
 
-    Computed by `tfbn.instruments.internal_covariate_shift` on a training
-    batch of the `TrainingSample`, with the model's optimizer; training is
-    unchanged. Tags: ``ics/l2/<layer>`` (``||G - G'||``) and
-    ``ics/cosine/<layer>`` scalars; ``dense_1`` has nothing before it and
-    is left out.
-
-    Args:
-        log_dir: The run directory the event file goes to.
-        sample: A `TrainingSample`.
-        every: Training steps between two writes.
+    Computed by `tfbn.instruments.internal_covariate_shift`. Tags:
+    ``ics/l2/<layer>`` (``||G - G'||``) and ``ics/cosine/<layer>`` scalars;
+    ``dense_1`` has nothing before it and is left out. Arguments as
+    `_OptimizationProbe`'s.
     """
 
-    def measure(self):
-        x, y = self.sample.batch(self._step())
+    def probe(self, x, y):
         scalars = {}
         for layer, shift in internal_covariate_shift(self.model, x, y, mean_cross_entropy).items():
             if layer != "dense_1":
                 scalars[tags.ics("l2", layer)] = shift["l2"]
                 scalars[tags.ics("cosine", layer)] = shift["cosine"]
-        return scalars, {}
+        return scalars
 
 
 class LandscapeSmoothness(_OptimizationProbe):
     """Logs how smooth the loss is along its gradient (Santurkar et al. 2018, section 3.1).
 
-    Computed by `tfbn.instruments.landscape_smoothness` on a training batch
-    of the `TrainingSample`, at step sizes `tfbn.instruments.LANDSCAPE_STEPS`
-    times the optimizer's learning rate. Tags: ``landscape/loss_variation``,
-    ``landscape/gradient_predictiveness`` and ``landscape/beta_smoothness``.
-
-    Args:
-        log_dir: The run directory the event file goes to.
-        sample: A `TrainingSample`.
-        every: Training steps between two writes.
+    Computed by `tfbn.instruments.landscape_smoothness` at step sizes
+    `tfbn.instruments.LANDSCAPE_STEPS` times the optimizer's learning rate.
+    Tags: ``landscape/loss_variation``, ``landscape/gradient_predictiveness``
+    and ``landscape/beta_smoothness``. Arguments as `_OptimizationProbe`'s.
     """
 
-    def measure(self):
-        x, y = self.sample.batch(self._step())
+    def probe(self, x, y):
         measured = landscape_smoothness(self.model, x, y, loss=mean_cross_entropy)
-        return {tags.landscape(name): value for name, value in measured.items()}, {}
+        return {tags.landscape(name): value for name, value in measured.items()}

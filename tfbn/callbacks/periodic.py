@@ -55,8 +55,9 @@ class Periodic(keras.callbacks.Callback):
         self._previous_step = step
 
     def on_train_end(self, logs=None):
-        if self._first_step is not None and self._step() not in (self._first_step, self._written_step):
-            self.write(self._step())
+        step = self._step()
+        if self._first_step is not None and step not in (self._first_step, self._written_step):
+            self.write(step)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -68,11 +69,14 @@ class Periodic(keras.callbacks.Callback):
         # summary ops cost about 0.5 ms per scalar and 10 ms per histogram,
         # several training steps of the paper's network for every write.
         summary = summary_pb2.Summary()
+        # Descriptions with the first write only: TensorBoard reads a tag's metadata there,
+        # and repeating them would grow every event.
+        describe = tags.describe if self._written_step is None else lambda tag: None
         for tag, value in scalars.items():
-            summary.MergeFrom(scalar_pb(tag, value, description=tags.describe(tag)))
+            summary.MergeFrom(scalar_pb(tag, value, description=describe(tag)))
         for tag, values in histograms.items():
             summary.value.add(tag=tag, tensor=_histogram_tensor(values),
-                              metadata=histogram_metadata.create_summary_metadata(None, tags.describe(tag)))
+                              metadata=histogram_metadata.create_summary_metadata(None, describe(tag)))
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default():

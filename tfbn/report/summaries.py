@@ -305,10 +305,15 @@ def _batch_statistics_accuracy(trial):
     return trial.number("final_accuracy_batch_stats")
 
 
+def _values(trial, prefix):
+    """Every finite value of the trial's scalar tags that start with ``prefix``."""
+    return np.concatenate([trial.scalar(t)[1] for t in sorted(trial.tags(prefix))] or [[]])
+
+
 def _mean(prefix):
     """Per trial: the mean of every finite value of the scalar tags that start with ``prefix``."""
     def mean(trial):
-        values = np.concatenate([trial.scalar(t)[1] for t in sorted(trial.tags(prefix))] or [[]])
+        values = _values(trial, prefix)
         return float(np.mean(values)) if len(values) else math.nan
     return mean
 
@@ -316,7 +321,7 @@ def _mean(prefix):
 def _mean_log10(prefix):
     """Per trial: the mean log10 of the positive values of the scalar tags that start with ``prefix``."""
     def mean(trial):
-        values = np.concatenate([trial.scalar(t)[1] for t in sorted(trial.tags(prefix))] or [[]])
+        values = _values(trial, prefix)
         values = values[values > 0]
         return float(np.mean(np.log10(values))) if len(values) else math.nan
     return mean
