@@ -4,8 +4,10 @@ import os
 import numpy as np
 import pytest
 
+from tfbn.config import DataConfig
+from tfbn.data import load_data
 from tfbn.data.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx_split, read_idx
-from tfbn.data.sources import load_idx
+from tfbn.data.sources import load_idx, to_unit_interval
 from tfbn.errors import DataError
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -40,8 +42,12 @@ def idx_dir(tmp_path):
 def test_that_idx_files_are_read_gzipped_or_plain_flattened_and_scaled(idx_dir):
     x_train, y_train, x_test, y_test = load_idx(str(idx_dir))
     images, labels = load_idx_split(str(idx_dir), "train")
-    assert x_train.shape == (6, 6) and x_train.dtype == np.float32
-    np.testing.assert_array_equal(x_train, images.reshape(6, 6) / np.float32(255))
+    # Kept as uint8 grey levels until a study selects its examples.
+    assert x_train.shape == (6, 6) and x_train.dtype == np.uint8
+    np.testing.assert_array_equal(x_train, images.reshape(6, 6))
+    scaled = to_unit_interval(x_train)
+    assert scaled.dtype == np.float32
+    np.testing.assert_array_equal(scaled, images.reshape(6, 6) / np.float32(255))
     np.testing.assert_array_equal(y_train, [0, 1, 2, 0, 1, 2])
     np.testing.assert_array_equal(y_test, [2, 1, 0, 2])
     assert x_test.shape == (4, 6)
@@ -93,4 +99,14 @@ def test_that_the_real_fashion_mnist_files_load_with_their_known_counts():
     assert x_train.shape == (60000, 784) and x_test.shape == (10000, 784)
     assert np.bincount(y_train).tolist() == [6000] * 10
     assert np.bincount(y_test).tolist() == [1000] * 10
-    assert 0.0 == x_train.min() and x_train.max() == 1.0
+    assert 0 == x_train.min() and x_train.max() == 255
+
+
+def test_that_a_study_gets_its_selected_examples_scaled_to_float32(idx_dir):
+    config = DataConfig(source="idx", path=str(idx_dir), classes=(0, 2), max_train_per_class=1)
+    data = load_data(config)
+    images, labels = load_idx_split(str(idx_dir), "train")
+    # The first example of class 0 and of class 2, in the split's order.
+    assert data.x_train.dtype == np.float32
+    np.testing.assert_array_equal(data.x_train, images[[0, 2]].reshape(2, 6) / np.float32(255))
+    np.testing.assert_array_equal(data.y_train, [0, 1])

@@ -20,7 +20,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from tfbn.data.sources import load_digits, load_idx, load_tfds
+from tfbn.data.sources import load_digits, load_idx, load_tfds, to_unit_interval
 from tfbn.data.subset import select_classes
 
 
@@ -64,7 +64,7 @@ def load_data(data_config):
     classes = c.classes if c.classes is not None else tuple(np.unique(y_train).tolist())
     x_train, y_train = select_classes(x_train, y_train, classes, c.max_train_per_class, c.train_ratio)
     x_test, y_test = select_classes(x_test, y_test, classes, c.max_test_per_class, c.test_ratio)
-    return Data(x_train, y_train, x_test, y_test, len(classes))
+    return Data(to_unit_interval(x_train), y_train, to_unit_interval(x_test), y_test, len(classes))
 
 
 def training_batches(data, batch_size, seed):

@@ -1,7 +1,10 @@
 """Loaders of whole data sets as NumPy arrays: digits, tensorflow-datasets, IDX files.
 
-Each loader returns ``(x_train, y_train, x_test, y_test)`` with images flattened
-to float32 vectors scaled to [0, 1] and integer labels.
+Each loader returns ``(x_train, y_train, x_test, y_test)``: images flattened to
+vectors and integer labels. IDX files and tensorflow-datasets keep their uint8 grey
+levels, a quarter of the memory of float32 (MNIST's 60,000 training images are 47 MB
+against 188 MB), and `to_unit_interval` scales the examples a study selects;
+the digits are float32 in [0, 1] already.
 """
 
 import socket
@@ -79,6 +82,13 @@ def _require_reachable(name, data_dir):
             "data.path: DIR holding the four *-idx?-ubyte[.gz] files") from None
 
 
+def to_unit_interval(x):
+    """Images as float32 in [0, 1]: uint8 grey levels over 255, floats as they are."""
+    if x.dtype == np.uint8:
+        return (x / 255.0).astype(np.float32)
+    return x
+
+
 def _flatten(images):
     images = np.asarray(images)
-    return (images.reshape(len(images), -1) / 255.0).astype(np.float32)
+    return images.reshape(len(images), -1)
