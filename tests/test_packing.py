@@ -53,6 +53,18 @@ def test_that_the_course_study_packs_each_seed_by_batch_size_and_shares_test_rat
         for branch in shared)
 
 
+def test_that_automatic_packs_split_the_largest_streams_evenly_among_local_workers():
+    overrides = ["data.source=digits", "data.classes=[0,1]", "data.max_train_per_class=null"]
+    # 18 batch-64 branches per seed: 18 // workers, rounded up, at most per pack, as equal as can be.
+    for workers, expected in ((1, [18] * 3 + [3] * 9), (2, [9] * 6 + [3] * 9),
+                              (4, [5, 5, 4, 4] * 3 + [3] * 9), (5, [4, 4, 4, 3, 3] * 3 + [3] * 9)):
+        config = load_config(COURSE_STUDY, overrides + [f"distribute.parallel_trials={workers}"])
+        packs = plan_packs(config, design_points(config))
+        assert sorted(len(pack.branches) for pack in packs) == sorted(expected), workers
+        assert sorted(map(run_name, (p for pack in packs for p in pack.points))) == sorted(
+            map(run_name, design_points(config)))
+
+
 def test_that_pack_off_and_a_maximum_bound_the_branches():
     config = load_config(QUICKSTART, ["study.factors={bn: [none, before, after], seed: [0, 1]}"])
     points = design_points(config)

@@ -12,7 +12,8 @@ from keras_tuner.src.distribute import oracle_chief
 from tfbn.errors import ConfigError
 from tfbn.run import main
 from tfbn.sweep import run_study
-from tfbn.workers import LOOPBACK, free_port, set_role
+from tfbn.workers import (LOOPBACK, THREAD_VARIABLES, free_port, set_role, start_workers,
+                          threads_per_worker)
 
 from helpers import FLAGS, QUICKSTART, finish, load, read_rows, run_dirs, set_args, start
 
@@ -147,3 +148,23 @@ def test_that_an_oracle_port_out_of_range_is_refused():
 def test_that_an_oracle_address_without_a_role_exits_2(tmp_path, trained):
     assert main([*FLAGS, *set_args(tmp_path, "study.factors.bn=[none]"),
                  "--oracle", "127.0.0.1:8000"]) == 2
+
+
+def test_that_local_workers_share_the_cores_through_their_thread_pools(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_worker(1) == cores
+    assert threads_per_worker(cores * 2) == 1  # never none
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(open(QUICKSTART).read())
+    # A worker whose oracle is unreachable: its environment is read while it starts.
+    processes = start_workers(str(config_path), 2, f"{LOOPBACK}:{free_port()}", threads=3)
+    try:
+        for process in processes:
+            with open(f"/proc/{process.pid}/environ", "rb") as f:
+                environment = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+            for name in THREAD_VARIABLES:
+                assert environment[name.encode()] == b"3"
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()

@@ -4,13 +4,15 @@ Points that share the data stream (the training data selected, ``train.seed``,
 ``batch_size``, ``steps``, ``eval_every``) can train as branches of one
 `tfbn.packed.PackedModel`. Points that differ only in the test split
 (``data.test_ratio``) are one branch: one trained network, evaluated on each
-point's own test split. ``train.pack`` bounds the branches per pack.
+point's own test split. ``train.pack`` bounds the branches per pack; a stream
+with more branches splits into packs of equal size (within one).
 
 The plan is a pure function of the config, so a resumed study proposes the
 same packs in the same order: the design's order of each pack's first point.
 """
 
 import dataclasses
+import math
 
 from tfbn.design import apply_factors, run_name
 
@@ -43,13 +45,32 @@ class Pack:
         return "+".join(run_name(point) for point in self.points)
 
 
-def max_branches(pack_setting):
-    """Branches per pack for a ``train.pack`` value: ``auto``, ``off`` or a number."""
-    if pack_setting == "auto":
-        return AUTO_BRANCHES
-    if pack_setting == "off":
+def max_branches(config):
+    """Branches per pack for a config's ``train.pack``: ``auto``, ``off`` or a number.
+
+    With ``auto`` and ``distribute.parallel_trials`` workers, the limit is
+    `AUTO_BRANCHES` shared among the workers, so that the largest streams
+    split into packs for each of them instead of leaving workers idle while
+    one trains a large pack.
+    """
+    setting = config.train.pack
+    if setting == "auto":
+        return math.ceil(AUTO_BRANCHES / config.distribute.parallel_trials)
+    if setting == "off":
         return 1
-    return pack_setting
+    return setting
+
+
+def _split(branches, limit):
+    """Splits branches into the fewest packs of at most ``limit``, as equal in size as can be."""
+    count = math.ceil(len(branches) / limit)
+    size, larger = divmod(len(branches), count)
+    packs, start = [], 0
+    for i in range(count):
+        end = start + size + (i < larger)
+        packs.append(Pack(tuple(branches[start:end])))
+        start = end
+    return packs
 
 
 def plan_packs(config, points):
@@ -62,7 +83,7 @@ def plan_packs(config, points):
     Returns:
         A list of `Pack`s that holds every point exactly once.
     """
-    limit = max_branches(config.train.pack)
+    limit = max_branches(config)
     streams = {}  # stream key -> {branch key -> [points]}, both in first-seen order
     for point in points:
         trial = apply_factors(config, point)
@@ -74,6 +95,6 @@ def plan_packs(config, points):
     packs = []
     for branches in streams.values():
         branches = [tuple(points) for points in branches.values()]
-        packs += [Pack(tuple(branches[i:i + limit])) for i in range(0, len(branches), limit)]
+        packs += _split(branches, limit)
     first = {run_name(point): position for position, point in enumerate(points)}
     return sorted(packs, key=lambda pack: first[run_name(pack.points[0])])

@@ -23,6 +23,7 @@ import threading
 import time
 
 import keras_tuner
+import tensorflow as tf
 from keras_tuner.engine.trial import TrialStatus
 
 from tfbn import hparams, layout, workers
@@ -235,8 +236,11 @@ def _search_with_local_workers(make_tuner, config, experiment_dir):
     try:
         chief = threading.Thread(target=make_tuner().search, daemon=True)
         chief.start()
-        processes = workers.start_workers(os.path.join(experiment_dir, "config.yaml"),
-                                          config.distribute.parallel_trials, address)
+        count = config.distribute.parallel_trials
+        # Without GPUs the workers train on the CPU: each gets its share of the cores.
+        cpu_only = not tf.config.list_physical_devices("GPU")
+        processes = workers.start_workers(os.path.join(experiment_dir, "config.yaml"), count, address,
+                                          threads=workers.threads_per_worker(count) if cpu_only else None)
         codes = [p.wait() for p in processes]
         # keras-tuner's chief checks every 20 s whether all trials have ended.
         chief.join(timeout=60)

@@ -16,6 +16,9 @@ from tfbn.errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_CHIEF_ADDRESS = f"{LOOPBACK}:8000"
+# The environment variables that size TensorFlow's (XLA's too) and the BLAS libraries' thread pools.
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS")
 
 
 def set_role(role, oracle, tuner_id=None):
@@ -63,11 +66,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_workers(config_path, count, oracle, devices=None):
+def start_workers(config_path, count, oracle, devices=None, threads=None):
     """Starts ``count`` worker processes of the study in ``config_path``.
 
     Worker ``i`` sees only GPU ``devices[i]`` (or ``i``) through
     ``CUDA_VISIBLE_DEVICES``, so each trial has a device to itself.
+
+    Args:
+        config_path: The study's saved config.
+        count: Worker processes to start.
+        oracle: ``HOST:PORT`` of the chief's oracle.
+        devices: GPU indices, one per worker; None: ``0 .. count - 1``.
+        threads: CPU threads of each worker's TensorFlow and BLAS thread pools;
+            None leaves them at their defaults (one thread per core each).
 
     Returns:
         The `subprocess.Popen` objects.
@@ -75,9 +86,22 @@ def start_workers(config_path, count, oracle, devices=None):
     workers = []
     for i in range(count):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(devices[i] if devices else i)}
+        if threads:
+            env.update({name: str(threads) for name in THREAD_VARIABLES})
         for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
             env.pop(name, None)
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "tfbn.run", "--config", config_path, "--role", "worker",
              "--oracle", oracle, "--tuner-id", f"worker{i}", "--quiet"], env=env))
     return workers
+
+
+def threads_per_worker(count):
+    """CPU threads for each of ``count`` workers that share this machine's cores.
+
+    Workers that train on the CPU compete for its cores: each gets its share,
+    at least one. (A network this small gains little from a second thread; on
+    2 cores, two single-threaded workers train about twice as many steps per
+    second as one worker with both.)
+    """
+    return max(1, len(os.sched_getaffinity(0)) // count)

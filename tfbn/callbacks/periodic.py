@@ -1,16 +1,10 @@
 """Base class of the instrument callbacks: write summaries every N training steps."""
 
 import keras
-import numpy as np
 import tensorflow as tf
-from tensorboard.compat.proto import summary_pb2
-from tensorboard.plugins.histogram import metadata as histogram_metadata
-from tensorboard.plugins.scalar.summary_v2 import scalar_pb
-from tensorboard.util import tensor_util
 
 from tfbn import tags
-
-HISTOGRAM_BUCKETS = 30  # TensorBoard's default
+from tfbn.callbacks import summaries
 
 
 class Periodic(keras.callbacks.Callback):
@@ -65,31 +59,13 @@ class Periodic(keras.callbacks.Callback):
     def write(self, step):
         """Measures the model and writes the summaries at ``step``."""
         scalars, histograms = self.measure()
-        # One serialized Summary per write, built in NumPy: TensorFlow's eager
-        # summary ops cost about 0.5 ms per scalar and 10 ms per histogram,
-        # several training steps of the paper's network for every write.
-        summary = summary_pb2.Summary()
-        # Descriptions with the first write only: TensorBoard reads a tag's metadata there,
-        # and repeating them would grow every event.
-        describe = tags.describe if self._written_step is None else lambda tag: None
-        for tag, value in scalars.items():
-            summary.MergeFrom(scalar_pb(tag, value, description=describe(tag)))
-        for tag, values in histograms.items():
-            summary.value.add(tag=tag, tensor=_histogram_tensor(values),
-                              metadata=histogram_metadata.create_summary_metadata(None, describe(tag)))
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        with self._writer.as_default():
-            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
+        # Descriptions with the first write only (see `tfbn.callbacks.summaries.write`).
+        summaries.write(self._writer, step, scalars, histograms,
+                        describe=tags.describe if self._written_step is None else lambda tag: None)
         self._written_step = step
 
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
 
-
-def _histogram_tensor(values):
-    """The finite values in TensorBoard's histogram layout: rows of (left, right, count)."""
-    values = np.asarray(values, np.float64)
-    # A diverging run keeps logging until TerminateOnNaN stops it; NaN has no bucket.
-    counts, edges = np.histogram(values[np.isfinite(values)], bins=HISTOGRAM_BUCKETS)
-    return tensor_util.make_tensor_proto(np.stack([edges[:-1], edges[1:], counts], axis=1))

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from tfbn import tags
+from tfbn.callbacks import summaries
 
 
 class StepMetrics(keras.callbacks.Callback):
@@ -37,11 +38,10 @@ class StepMetrics(keras.callbacks.Callback):
         self.history.append((step, logs))
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        with self._writer.as_default(step=step):
-            for name, value in logs.items():
-                # The description goes with the first write of each tag; TensorBoard reads it there.
-                tf.summary.scalar(tag(name), value,
-                                  description=tags.describe(tag(name)) if len(self.history) == 1 else None)
+        # The description goes with the first write of each tag; TensorBoard reads it there.
+        first = len(self.history) == 1
+        summaries.write(self._writer, step, {tag(name): value for name, value in logs.items()},
+                        describe=tags.describe if first else lambda tag: None)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
