@@ -9,11 +9,13 @@ from collections import Counter
 import pytest
 from keras_tuner.src.distribute import oracle_chief
 
+from tfbn import workers
 from tfbn.errors import ConfigError
 from tfbn.run import main
 from tfbn.sweep import run_study
 from tfbn.workers import (LOOPBACK, THREAD_VARIABLES, free_port, set_role, start_workers,
                           threads_per_worker)
+from tfbn.workers import _start_worker as start_one_worker
 
 from helpers import FLAGS, QUICKSTART, finish, load, read_rows, run_dirs, set_args, start
 
@@ -94,9 +96,19 @@ def test_that_parallel_trials_runs_a_grid_in_local_worker_processes(tmp_path, mo
     # This process is the chief; keras-tuner's chief looks every 20 s for workers still busy.
     monkeypatch.setattr(oracle_chief, "time", types.SimpleNamespace(
         sleep=lambda seconds: time.sleep(min(seconds, 0.5))))
+    # Each worker process trains one pack: a fresh one takes each next pack, and one per
+    # worker learns that none is left. (The spy counts the real processes started.)
+    started = []
+
+    def start_worker(*args, **kwargs):
+        started.append(args)
+        return start_one_worker(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "_start_worker", start_worker)
     config = load(tmp_path, "study.factors={bn: [none, before], seed: [0, 1]}", "train.steps=50",
-                  "distribute.parallel_trials=2")
+                  "distribute.parallel_trials=2", "train.pack=1")
     rows = run_study(config, quiet=True)
+    assert len(started) == 4 + 2
     names = [f"bn={bn},seed={seed}" for bn in ("none", "before") for seed in (0, 1)]
     assert [(row["run"], row["status"], row["steps_run"]) for row in rows] == [
         (name, "ok", "50") for name in names]
@@ -148,6 +160,12 @@ def test_that_an_oracle_port_out_of_range_is_refused():
 def test_that_an_oracle_address_without_a_role_exits_2(tmp_path, trained):
     assert main([*FLAGS, *set_args(tmp_path, "study.factors.bn=[none]"),
                  "--oracle", "127.0.0.1:8000"]) == 2
+
+
+def test_that_one_pack_without_the_worker_role_exits_2_before_training(tmp_path, capsys):
+    assert main(["--config", QUICKSTART, *set_args(tmp_path), "--one-pack"]) == 2
+    assert "tfbn: error: --one-pack is a worker's flag; add --role worker" in capsys.readouterr().err
+    assert not (tmp_path / "quickstart").exists()
 
 
 def test_that_local_workers_share_the_cores_through_their_thread_pools(tmp_path):

@@ -175,7 +175,7 @@ class DistributeConfig:
     strategy: Literal["auto", "mirrored", "none"] = _field(
         "auto", "auto: MirroredStrategy over all GPUs when there are two or more")
     devices: Optional[tuple[str, ...]] = _field(None, "devices of strategy mirrored; null: all")
-    parallel_trials: int = _field(1, "trials run at once, one worker process per device",
+    parallel_trials: int = _field(1, "packs trained at once, one worker process per GPU (per share of the CPU cores without one)",
                                   _check_positive)
 
 

@@ -34,6 +34,9 @@ def parse_args(argv):
     parser.add_argument("--oracle", metavar="HOST:PORT",
                         help="where the chief serves its oracle (with --role)")
     parser.add_argument("--tuner-id", help="a worker's unique name (with --role worker)")
+    parser.add_argument("--one-pack", action="store_true",
+                        help="a worker trains one pack, then exits with status 75 so that its "
+                             "launcher starts a fresh process (local workers run so)")
     return parser.parse_args(argv)
 
 
@@ -67,8 +70,8 @@ def main(argv=None):
         from tfbn.config import load_config
         from tfbn.results import format_table
         from tfbn.design import study_factors
-        from tfbn.sweep import run_study
-        from tfbn.workers import current_role, set_role
+        from tfbn.sweep import PackFinished, run_study
+        from tfbn.workers import RECYCLE_STATUS, current_role, set_role
 
         if args.role:
             set_role(args.role, args.oracle, args.tuner_id)
@@ -76,8 +79,14 @@ def main(argv=None):
             raise UserError("--oracle and --tuner-id need --role chief or --role worker")
         # From the flags, or from keras-tuner's variables as a cluster scheduler sets them.
         role = args.role or current_role()
+        if args.one_pack and role != "worker":
+            raise UserError("--one-pack is a worker's flag; add --role worker")
         config = load_config(args.config, args.overrides)
-        rows = run_study(config, quiet=args.quiet, restart=args.restart, role=role)
+        try:
+            rows = run_study(config, quiet=args.quiet, restart=args.restart, role=role,
+                             one_pack=args.one_pack)
+        except PackFinished:
+            return RECYCLE_STATUS
         if role == "worker":
             return 0
         print(f"\n{config.experiment}: test accuracy with BN's moving statistics "

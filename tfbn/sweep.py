@@ -29,7 +29,7 @@ from keras_tuner.engine.trial import TrialStatus
 from tfbn import hparams, layout, workers
 from tfbn.callbacks import Progress
 from tfbn.config import dump_config, flatten, load_config, to_dict
-from tfbn.data import load_data
+from tfbn.data import load_data, release_data
 from tfbn.devices import build_strategy, check_batch_split
 from tfbn.errors import ConfigError, DataError
 from tfbn.lock import experiment_lock
@@ -47,6 +47,10 @@ FREE_TO_CHANGE = (
     "log.dir", "log.instruments", "log.weights_every", "log.gradients_every", "log.jacobian_every",
     "log.percentiles_every", "log.probe_size", "log.jacobian_mode",
 )
+
+
+class PackFinished(Exception):
+    """Raised by a worker that trains one pack per process once that pack has ended."""
 
 
 class DesignOracle(keras_tuner.Oracle):
@@ -92,11 +96,13 @@ class StudyTuner(keras_tuner.Tuner):
         packs: The packs of those points (`tfbn.packing.plan_packs`).
         experiment_dir: ``<log.dir>/<experiment>``: run directories and results.
         quiet: Print no progress lines.
+        one_pack: Raise `PackFinished` once the first pack has ended.
         **kwargs: Passed on to `keras_tuner.Tuner`.
     """
 
-    def __init__(self, config, points, packs, experiment_dir, quiet=False, **kwargs):
+    def __init__(self, config, points, packs, experiment_dir, quiet=False, one_pack=False, **kwargs):
         super().__init__(directory=experiment_dir, project_name="tuner", **kwargs)
+        self.one_pack = one_pack
         self.config = config
         self.points = points
         self.packs = {pack.name: pack for pack in packs}
@@ -152,6 +158,11 @@ class StudyTuner(keras_tuner.Tuner):
         self._trial_seconds += [(time.monotonic() - start) / remaining] * remaining
         return {"final_accuracy": max(scores)}
 
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)  # the oracle has the pack's end: the process may go
+        if self.one_pack:
+            raise PackFinished(trial.trial_id)
+
     def _record(self, trial, point, result):
         append_row(self.results_path, {"trial": trial.trial_id, "run": run_name(point),
                                        **point, **dataclasses.asdict(result)}, result_columns(point))
@@ -178,7 +189,7 @@ def result_columns(point):
     return ("trial", "run", *point, *RESULT_COLUMNS)
 
 
-def run_study(config, *, quiet=False, restart=False, role=None):
+def run_study(config, *, quiet=False, restart=False, role=None, one_pack=False):
     """Runs (or resumes) every trial of a study and returns their result rows.
 
     With ``distribute.parallel_trials`` above 1 the trials run in that many
@@ -191,6 +202,8 @@ def run_study(config, *, quiet=False, restart=False, role=None):
         role: ``"chief"`` or ``"worker"`` of a distributed study, whose keras-tuner
             environment variables `tfbn.workers.set_role` has set; None: the role
             those variables give (`tfbn.workers.current_role`), alone when unset.
+        one_pack: A worker's: train one pack, then raise `PackFinished` (a local
+            worker's launcher starts a fresh process for the next pack).
 
     Returns:
         The results-file rows of the design's trials, in design order.
@@ -198,15 +211,16 @@ def run_study(config, *, quiet=False, restart=False, role=None):
     experiment_dir = os.path.join(config.log.dir, config.experiment)
     points = design_points(config)
     strategy = build_strategy(config.distribute)
-    _check_trials(config, points, strategy)
     role = role or workers.current_role()
+    # A worker's chief has checked the data of every trial already.
+    _check_trials(config, points, strategy, check_data=role != "worker")
     # A worker's chief holds the lock; a worker takes none.
     with experiment_lock(config.log.dir, config.experiment) if role != "worker" \
             else contextlib.nullcontext():
-        return _run_locked(config, points, strategy, experiment_dir, quiet, restart, role)
+        return _run_locked(config, points, strategy, experiment_dir, quiet, restart, role, one_pack)
 
 
-def _run_locked(config, points, strategy, experiment_dir, quiet, restart, role):
+def _run_locked(config, points, strategy, experiment_dir, quiet, restart, role, one_pack):
     """`run_study` once it holds the experiment's lock (or is a worker)."""
     _prepare_experiment_dir(experiment_dir, config, restart)
     _check_results_file(os.path.join(experiment_dir, "results.csv"), result_columns(points[0]), points)
@@ -218,8 +232,8 @@ def _run_locked(config, points, strategy, experiment_dir, quiet, restart, role):
                                  constants={"bn_sync": config.model.bn_sync})
         layout.write_layout(experiment_dir, config)
     def make_tuner():
-        return StudyTuner(config, points, packs, experiment_dir, quiet, oracle=oracle,
-                          distribution_strategy=strategy)
+        return StudyTuner(config, points, packs, experiment_dir, quiet, one_pack=one_pack,
+                          oracle=oracle, distribution_strategy=strategy)
 
     if config.distribute.parallel_trials > 1 and role is None:
         _search_with_local_workers(make_tuner, config, experiment_dir)
@@ -237,11 +251,12 @@ def _search_with_local_workers(make_tuner, config, experiment_dir):
         chief = threading.Thread(target=make_tuner().search, daemon=True)
         chief.start()
         count = config.distribute.parallel_trials
+        # The workers load what they train on; the chief needs its data no more.
+        release_data()
         # Without GPUs the workers train on the CPU: each gets its share of the cores.
         cpu_only = not tf.config.list_physical_devices("GPU")
-        processes = workers.start_workers(os.path.join(experiment_dir, "config.yaml"), count, address,
+        codes = workers.run_local_workers(os.path.join(experiment_dir, "config.yaml"), count, address,
                                           threads=workers.threads_per_worker(count) if cpu_only else None)
-        codes = [p.wait() for p in processes]
         # keras-tuner's chief checks every 20 s whether all trials have ended.
         chief.join(timeout=60)
     finally:
@@ -258,13 +273,15 @@ def study_rows(experiment_dir, points):
     return [latest[run_name(p)] for p in points if run_name(p) in latest]
 
 
-def _check_trials(config, points, strategy):
+def _check_trials(config, points, strategy, check_data=True):
     # Catches what would fail every trial before the first one starts.
     replicas = strategy.num_replicas_in_sync if strategy else 1
     for point in points:
         trial_config = apply_factors(config, point)
         batch = trial_config.train.batch_size
         check_batch_split(batch, replicas)
+        if not check_data:
+            continue
         examples = len(load_data(trial_config.data).y_train)
         if batch > examples:
             raise DataError(f"batch size {batch} exceeds the {examples} training examples of "

@@ -11,11 +11,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from tfbn.errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_CHIEF_ADDRESS = f"{LOOPBACK}:8000"
+# A worker's exit status after its one pack (``--one-pack``): start a fresh one in its place.
+RECYCLE_STATUS = 75
 # The environment variables that size TensorFlow's (XLA's too) and the BLAS libraries' thread pools.
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
                     "OPENBLAS_NUM_THREADS")
@@ -66,7 +69,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_workers(config_path, count, oracle, devices=None, threads=None):
+def start_workers(config_path, count, oracle, devices=None, threads=None, one_pack=False):
     """Starts ``count`` worker processes of the study in ``config_path``.
 
     Worker ``i`` sees only GPU ``devices[i]`` (or ``i``) through
@@ -79,21 +82,49 @@ def start_workers(config_path, count, oracle, devices=None, threads=None):
         devices: GPU indices, one per worker; None: ``0 .. count - 1``.
         threads: CPU threads of each worker's TensorFlow and BLAS thread pools;
             None leaves them at their defaults (one thread per core each).
+        one_pack: Each worker trains one pack and exits with `RECYCLE_STATUS`.
 
     Returns:
         The `subprocess.Popen` objects.
     """
-    workers = []
-    for i in range(count):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(devices[i] if devices else i)}
-        if threads:
-            env.update({name: str(threads) for name in THREAD_VARIABLES})
-        for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
-            env.pop(name, None)
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "tfbn.run", "--config", config_path, "--role", "worker",
-             "--oracle", oracle, "--tuner-id", f"worker{i}", "--quiet"], env=env))
-    return workers
+    return [_start_worker(config_path, i, oracle, devices[i] if devices else i, threads, one_pack)
+            for i in range(count)]
+
+
+def run_local_workers(config_path, count, oracle, threads=None):
+    """Runs ``count`` workers on this machine until the study has no pack left.
+
+    Each worker process trains one pack, then exits and a fresh process takes
+    its place (same id, same device): TensorFlow keeps what it compiled for
+    every model a process trained (XLA's programs: 150 to 300 MB a pack), so a
+    long-lived worker would grow with every pack.
+
+    Returns:
+        The workers' last exit statuses: 0 for each once the chief has no pack left.
+    """
+    processes = start_workers(config_path, count, oracle, threads=threads, one_pack=True)
+    codes = [None] * count
+    while None in codes:
+        time.sleep(0.2)
+        for i, process in enumerate(processes):
+            if codes[i] is None and process.poll() is not None:
+                if process.returncode == RECYCLE_STATUS:
+                    processes[i] = _start_worker(config_path, i, oracle, i, threads, one_pack=True)
+                else:
+                    codes[i] = process.returncode
+    return codes
+
+
+def _start_worker(config_path, index, oracle, device, threads, one_pack):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(device)}
+    if threads:
+        env.update({name: str(threads) for name in THREAD_VARIABLES})
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        env.pop(name, None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tfbn.run", "--config", config_path, "--role", "worker",
+         "--oracle", oracle, "--tuner-id", f"worker{index}", "--quiet",
+         *(["--one-pack"] if one_pack else [])], env=env)
 
 
 def threads_per_worker(count):

@@ -49,6 +49,12 @@ def _load_source(source, name, data_dir, path):
     return load_tfds(name, data_dir)
 
 
+def release_data():
+    """Empties the caches of `load_data`: a process that trains no more frees its arrays."""
+    load_data.cache_clear()
+    _load_source.cache_clear()
+
+
 @functools.lru_cache(maxsize=16)
 def load_data(data_config):
     """Loads the data set a `tfbn.config.DataConfig` names and keeps its classes.
