@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from tfbn import tags
-from tfbn.callbacks import summaries
+from tfbn.callbacks import events
 
 
 class Periodic(keras.callbacks.Callback):
@@ -61,8 +61,8 @@ class Periodic(keras.callbacks.Callback):
         scalars, histograms = self.measure()
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        # Descriptions with the first write only (see `tfbn.callbacks.summaries.write`).
-        summaries.write(self._writer, step, scalars, histograms,
+        # Descriptions with the first write only (see `tfbn.callbacks.events.write`).
+        events.write(self._writer, step, scalars, histograms,
                         describe=tags.describe if self._written_step is None else lambda tag: None)
         self._written_step = step
 

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from tfbn import tags
-from tfbn.callbacks import summaries
+from tfbn.callbacks import events
 
 
 class StepMetrics(keras.callbacks.Callback):
@@ -40,7 +40,7 @@ class StepMetrics(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         # The description goes with the first write of each tag; TensorBoard reads it there.
         first = len(self.history) == 1
-        summaries.write(self._writer, step, {tag(name): value for name, value in logs.items()},
+        events.write(self._writer, step, {tag(name): value for name, value in logs.items()},
                         describe=tags.describe if first else lambda tag: None)
 
     def on_train_end(self, logs=None):

@@ -1,4 +1,4 @@
-"""Summaries written as one serialized protobuf per step.
+"""TensorBoard events written as one serialized Summary protobuf per step.
 
 TensorFlow's eager summary ops cost about 0.5 ms per scalar and 10 ms per
 histogram, several training steps of the paper's network for every write, and
