@@ -14,10 +14,12 @@ from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
+from tfbn import tags
+
 HISTOGRAM_BUCKETS = 30  # TensorBoard's default
 
 
-def write(writer, step, scalars, histograms=None, describe=lambda tag: None):
+def write(writer, step, scalars, histograms=None, describe=False):
     """Writes scalars and histograms at ``step`` as one event.
 
     Args:
@@ -25,16 +27,17 @@ def write(writer, step, scalars, histograms=None, describe=lambda tag: None):
         step: The step the values are recorded against.
         scalars: Dict from tag to a number.
         histograms: Dict from tag to an array of values.
-        describe: Gives a tag's description (None for none). TensorBoard reads
-            a tag's metadata from its first event, so pass descriptions with
-            the first write of each tag only: repeating them grows every event.
+        describe: Add each tag's description (`tfbn.tags.describe`). TensorBoard
+            reads a tag's metadata from its first event, so describe the first
+            write of each tag only: repeating them grows every event.
     """
+    description = tags.describe if describe else lambda tag: None
     summary = summary_pb2.Summary()
     for tag, value in scalars.items():
-        summary.MergeFrom(scalar_pb(tag, value, description=describe(tag)))
+        summary.MergeFrom(scalar_pb(tag, value, description=description(tag)))
     for tag, values in (histograms or {}).items():
         summary.value.add(tag=tag, tensor=_histogram_tensor(values),
-                          metadata=histogram_metadata.create_summary_metadata(None, describe(tag)))
+                          metadata=histogram_metadata.create_summary_metadata(None, description(tag)))
     with writer.as_default():
         tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
 

@@ -3,7 +3,6 @@
 import keras
 import tensorflow as tf
 
-from tfbn import tags
 from tfbn.callbacks import events
 
 
@@ -61,9 +60,7 @@ class Periodic(keras.callbacks.Callback):
         scalars, histograms = self.measure()
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        # Descriptions with the first write only (see `tfbn.callbacks.events.write`).
-        events.write(self._writer, step, scalars, histograms,
-                        describe=tags.describe if self._written_step is None else lambda tag: None)
+        events.write(self._writer, step, scalars, histograms, describe=self._written_step is None)
         self._written_step = step
 
     def _step(self):

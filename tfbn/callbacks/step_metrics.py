@@ -3,7 +3,6 @@
 import keras
 import tensorflow as tf
 
-from tfbn import tags
 from tfbn.callbacks import events
 
 
@@ -38,10 +37,8 @@ class StepMetrics(keras.callbacks.Callback):
         self.history.append((step, logs))
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
-        # The description goes with the first write of each tag; TensorBoard reads it there.
-        first = len(self.history) == 1
         events.write(self._writer, step, {tag(name): value for name, value in logs.items()},
-                        describe=tags.describe if first else lambda tag: None)
+                     describe=len(self.history) == 1)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
