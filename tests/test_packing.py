@@ -143,6 +143,36 @@ def test_that_a_packed_branch_takes_the_gradient_of_its_own_loss_with_its_own_op
     np.testing.assert_allclose(model.totals.numpy()[:, 2], [32, 32])
 
 
+def test_that_a_block_of_steps_in_one_call_equals_one_call_per_step():
+    # SGD branches train their first-layer kernels side by side in one variable,
+    # an Adam branch its own; the branches are published at the end of each call.
+    data = load_data(load_config(QUICKSTART).data)
+    config = load_config(QUICKSTART).train
+    adam = apply_factors(load_config(QUICKSTART), {"optimizer": "adam"}).train
+
+    def pack():
+        networks = [tfbn.build_mlp((64,), 10, (20, 20), "sigmoid", bn, seed=1)
+                    for bn in ("none", "before", "after")]
+        return PackedModel(networks, [build_optimizer(t) for t in (config, adam, config)],
+                           data.x_train, data.y_train)
+
+    blocked, stepped = pack(), pack()
+    assert [group.branches for group in blocked.kernel_groups] == [[0, 2]]
+    block = np.random.default_rng(0).integers(0, len(data.y_train), size=(5, 32))
+    blocked.train_step(tf.constant(block))
+    for indices in block:
+        stepped.train_step(tf.constant(indices))
+    for one, other in zip(blocked.branches, stepped.branches):
+        assert int(one.optimizer.iterations) == int(other.optimizer.iterations) == 5
+        for a, b in zip(one.variables, other.variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
+        for name, recorded in one.kernel_gradients.items():
+            np.testing.assert_allclose(recorded.numpy(), other.kernel_gradients[name].numpy(),
+                                       rtol=1e-5, atol=1e-7, err_msg=name)
+            assert np.abs(recorded.numpy()).max() > 0, name
+    np.testing.assert_allclose(blocked.totals.numpy(), stepped.totals.numpy(), rtol=1e-6)
+
+
 @pytest.mark.parametrize("bn", ["before", "after", "renorm", "noisy"])
 def test_that_evaluation_with_batch_statistics_changes_no_variable(bn):
     data = load_data(load_config(QUICKSTART).data)

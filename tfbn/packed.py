@@ -26,13 +26,30 @@ _TRAIN_TOTALS = 3  # loss summed over examples, correct predictions, examples
 class PackedModel(keras.Model):
     """Branches fed the same batches, each with its own optimizer.
 
-    The model is fed batches of indices into the training split, which it
-    holds in memory and gathers from: `tfbn.data.training_indices`.
+    The model is fed indices into the training split, which it holds in
+    memory and gathers from: `tfbn.data.training_indices`.
 
-    The first Dense layers of all branches see the same batch, so they run as
-    one matrix product of the batch with the branches' kernels side by side
-    (one large product is several times faster than many small ones on a CPU);
-    each branch's kernel stays its own variable and gets its own gradient.
+    `train_step` takes a batch of indices, or a block of consecutive batches
+    that it trains on in a loop inside the compiled step: Keras's own
+    ``steps_per_execution`` still pays a dispatch and an input-pipeline read
+    per step, which measured as much as a third of a 9-branch step at batch 64.
+
+    The first Dense layers of branches trained by plain SGD (no momentum, no
+    norm clipping) run as one matrix product of the batch with their kernels
+    side by side, kept during training in one variable (`KernelGroup`) that an
+    SGD of the same configuration updates: SGD's update is elementwise, so
+    each column block takes exactly the update its branch's own optimizer
+    would give it. Kernels in variables of their own would cost copies of
+    every kernel and its gradient each step (joining them for the product,
+    splitting and masking the gradient), as much again as the training itself
+    at batch 4. Branches with optimizers that keep state (Adam's moments) keep
+    their kernels, which their own optimizers update.
+
+    Each branch's first-layer kernel, and the gradients it keeps
+    (``kernel_gradients``), are brought up to date at the end of every call of
+    `train_step`: the points at which Keras hands control to callbacks.
+    Between calls every branch holds exactly the variables it would hold if
+    trained alone.
 
     Args:
         branches: `tfbn.models.MLP` networks; each keeps the gradients its
@@ -48,6 +65,7 @@ class PackedModel(keras.Model):
         totals: Float variable ``[branches, 3]``: per branch, the training loss
             summed over examples, the correct predictions and the examples since
             the last `reset_totals`.
+        kernel_groups: The `KernelGroup`s that train first-layer kernels side by side.
     """
 
     def __init__(self, branches, optimizers, x_train, y_train, **kwargs):
@@ -60,7 +78,13 @@ class PackedModel(keras.Model):
         self.first_layers = [branch.get_layer("dense_1") for branch in self.branches]
         # The rest of each branch after its first Dense layer: the same layers and variables.
         self.tails = [keras.Model(first.output, branch.output, name=f"{branch.name}_tail")
-                       for first, branch in zip(self.first_layers, self.branches)]
+                      for first, branch in zip(self.first_layers, self.branches)]
+        self.kernel_groups = _kernel_groups(self.first_layers, self.branch_optimizers)
+        grouped = {i for group in self.kernel_groups for i in group.branches}
+        # The variables each branch's own optimizer updates in training.
+        self._own_variables = [
+            [v for v in branch.trainable_variables if not (i in grouped and v is first.kernel)]
+            for i, (branch, first) in enumerate(zip(self.branches, self.first_layers))]
         self._x_train = tf.constant(x_train)
         self._y_train = tf.constant(y_train)
         count = len(self.branches)
@@ -78,17 +102,40 @@ class PackedModel(keras.Model):
         self.totals.assign(tf.zeros_like(self.totals))
 
     def train_step(self, indices):
+        """Trains on a batch of indices ``[batch]``, or on a block of consecutive batches
+        ``[steps, batch]`` in one loop inside the compiled step."""
+        if indices.shape.rank == 1:
+            last = self._one_step(indices)
+        else:
+            def body(step, *last):
+                return (step + 1, *tf.nest.flatten(self._one_step(indices[step])))
+            start = self._zero_step()
+            _, *flat = tf.while_loop(lambda step, *_: step < tf.shape(indices)[0], body,
+                                     (tf.constant(0), *tf.nest.flatten(start)))
+            last = tf.nest.pack_sequence_as(start, flat)
+        self._publish(*last)
+        # Each branch's training totals are in `totals`; Keras needs some output.
+        return {"branches_alive": tf.reduce_sum(tf.cast(self.alive, tf.int32))}
+
+    def _one_step(self, indices):
+        """One training step; returns its applied gradients and ``alive`` for `_publish`."""
         x, y = tf.gather(self._x_train, indices), tf.gather(self._y_train, indices)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            logits = self._training_logits(x)
+            products = {}
+            for group in self.kernel_groups:
+                products.update(zip(group.branches, group.outputs(x)))
+            logits = []
+            for i, (first, tail) in enumerate(zip(self.first_layers, self.tails)):
+                z = products[i] if i in products else tf.matmul(x, first.kernel)
+                logits.append(tail(z + first.bias if first.use_bias else z, training=True))
             # Per example; each replica's mean is divided by the replicas, whose
             # gradients the optimizers sum, as Keras's own loss scaling does.
             losses = [keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True)
                       for z in logits]
             total = tf.add_n([tf.reduce_mean(loss) for loss in losses]) / replicas
-        variables = [branch.trainable_variables for branch in self.branches]
-        gradients = tape.gradient(total, variables)
+        own_gradients, group_gradients = tape.gradient(
+            total, (self._own_variables, [group.kernel for group in self.kernel_groups]))
         step_totals = tf.stack([
             tf.stack([tf.reduce_sum(tf.cast(loss, tf.float64)),
                       tf.reduce_sum(tf.cast(tf.equal(tf.argmax(z, -1, output_type=y.dtype), y),
@@ -101,16 +148,85 @@ class PackedModel(keras.Model):
         alive = tf.logical_and(self.alive, tf.math.is_finite(step_totals[:, 0]))
         self.alive.assign(alive)
         self.totals.assign_add(step_totals)
-        for i, (branch, optimizer) in enumerate(zip(self.branches, self.branch_optimizers)):
-            kept = [tf.where(alive[i], g, tf.zeros_like(g)) for g in gradients[i]]
-            optimizer.apply_gradients(zip(kept, branch.trainable_variables))
-            branch.record_gradients(dict(zip((v.path for v in branch.trainable_variables), kept)))
-        return {"loss": total}
+        kept_own = []
+        for i, (variables, optimizer) in enumerate(zip(self._own_variables, self.branch_optimizers)):
+            kept_own.append([tf.where(alive[i], g, tf.zeros_like(g)) for g in own_gradients[i]])
+            optimizer.apply_gradients(zip(kept_own[-1], variables))
+        for group, gradient in zip(self.kernel_groups, group_gradients):
+            group.optimizer.apply_gradients([(group.keep_alive(gradient, alive), group.kernel)])
+        return kept_own, group_gradients, alive
 
-    def _training_logits(self, x):
-        """Each branch's logits in training mode, its first layer in one shared product."""
-        return [tail(z, training=True)
-                for tail, z in zip(self.tails, first_layer_outputs(x, self.first_layers))]
+    def _zero_step(self):
+        """Zeros shaped as `_one_step`'s result: the start of a block's loop."""
+        return ([[tf.zeros(v.shape, v.dtype) for v in variables] for variables in self._own_variables],
+                [tf.zeros(group.kernel.shape, group.kernel.dtype) for group in self.kernel_groups],
+                tf.identity(self.alive))
+
+    def _publish(self, kept_own, group_gradients, alive):
+        """Copies grouped first-layer kernels into their branches, and each branch's
+        last applied gradients into its ``kernel_gradients``."""
+        applied = [dict(zip((v.path for v in variables), kept))
+                   for variables, kept in zip(self._own_variables, kept_own)]
+        for group, gradient in zip(self.kernel_groups, group_gradients):
+            for i, kernel, g in zip(group.branches, group.split(group.kernel), group.split(gradient)):
+                first = self.first_layers[i]
+                first.kernel.assign(kernel)
+                applied[i][first.kernel.path] = tf.where(alive[i], g, tf.zeros_like(g))
+        for branch, gradients in zip(self.branches, applied):
+            branch.record_gradients(gradients)
+
+
+class KernelGroup:
+    """First-layer kernels of branches with the same plain SGD, side by side in one variable.
+
+    Args:
+        branches: Positions in the pack of the branches whose kernels it holds.
+        layers: Their first Dense layers, in the same order.
+        optimizer: An unbuilt SGD configured as those branches' own; it is
+            built on the joint kernel.
+
+    Attributes:
+        kernel: The joint kernel ``[inputs, sum of units]``, initialised from
+            the layers' kernels.
+        units: Each branch's number of columns.
+    """
+
+    def __init__(self, branches, layers, optimizer):
+        self.branches = list(branches)
+        self.units = [layer.units for layer in layers]
+        self.kernel = keras.Variable(tf.concat([layer.kernel.value for layer in layers], axis=1),
+                                     name=f"first_kernels_{self.branches[0]}")
+        self.optimizer = optimizer
+        self.optimizer.build([self.kernel])
+
+    def outputs(self, x):
+        """Each branch's first-layer product ``x @ kernel`` (bias not added)."""
+        return self.split(tf.matmul(x, self.kernel))
+
+    def split(self, joint):
+        """A ``[..., sum of units]`` tensor cut into each branch's columns."""
+        return tf.split(joint, self.units, axis=-1) if len(self.units) > 1 else [joint]
+
+    def keep_alive(self, gradient, alive):
+        """The joint kernel's gradient with the columns of frozen branches zeroed."""
+        columns = tf.repeat(tf.gather(alive, self.branches), self.units)
+        return tf.where(columns[tf.newaxis, :], gradient, tf.zeros_like(gradient))
+
+
+def _kernel_groups(first_layers, optimizers):
+    """A `KernelGroup` per configuration of plain SGD among ``optimizers``, in order of appearance."""
+    groups = {}
+    for i, optimizer in enumerate(optimizers):
+        config = optimizer.get_config()
+        # Elementwise and stateless: one SGD on the joint kernel updates each block as its own would.
+        if (type(optimizer) is keras.optimizers.SGD and not config["momentum"]
+                and not config["use_ema"] and config["clipnorm"] is None
+                and config["global_clipnorm"] is None):
+            key = repr(sorted((k, v) for k, v in config.items() if k != "name"))
+            groups.setdefault(key, (optimizer, []))[1].append(i)
+    return [KernelGroup(members, [first_layers[i] for i in members],
+                        keras.optimizers.SGD.from_config(optimizer.get_config()))
+            for optimizer, members in groups.values()]
 
 
 def first_layer_outputs(x, layers):

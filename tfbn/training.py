@@ -26,8 +26,9 @@ from tfbn.models import build_mlp, initializer_from
 from tfbn.packed import PackEvaluation, PackedModel
 from tfbn.results import TrialResult
 
-# Keras runs this many steps per call into the graph; per-step Python dispatch
-# dominates an MLP this small (about 30x slower without it on 2 CPU cores).
+# Training steps per call into the compiled graph (a block of batches that
+# `tfbn.packed.PackedModel` loops over); per-step Python dispatch dominates an
+# MLP this small (about 30x slower with one step per call on 2 CPU cores).
 MAX_STEPS_PER_EXECUTION = 50
 
 
@@ -128,21 +129,19 @@ def train_pack(branches, strategy=None, on_result=None, datasets=None):
         model = PackedModel([build_model(targets[0].config, data) for targets in branches],
                             [build_optimizer(targets[0].config.train) for targets in branches],
                             data.x_train, data.y_train)
-        # Keras 3.15 fails under MirroredStrategy with more than one step per
-        # execution ("You must feed a value for placeholder tensor").
         mirrored = strategy is not None and strategy.num_replicas_in_sync > 1
-        model.compile(
-            optimizer=None,  # each branch has its own
-            steps_per_execution=1 if mirrored else steps_per_execution(train.eval_every),
-            # XLA fuses a step's many small operations: about a third less CPU time.
-            jit_compile=not mirrored,
-        )
+        # XLA fuses a step's many small operations: about a third less CPU time.
+        model.compile(optimizer=None, jit_compile=not mirrored)  # each branch has its own optimizer
     splits = [[(d.x_test, d.y_test) for d in branch_data] for branch_data in datasets]
     driver = _PackDriver(branches, datasets, PackEvaluation(model, splits, train.eval_batch_size),
                          on_result)
+    indices = training_indices(len(data.y_train), train.batch_size, train.seed)
+    # Under MirroredStrategy one step per call: a replica's loop over a block
+    # would all-reduce inside it, and the strategy splits a block's first axis.
+    block = 1 if mirrored else steps_per_execution(train.eval_every)
     model.fit(
-        training_indices(len(data.y_train), train.batch_size, train.seed),
-        steps_per_epoch=train.eval_every,
+        indices if block == 1 else indices.batch(block, drop_remainder=True),
+        steps_per_epoch=train.eval_every // block,
         epochs=train.steps // train.eval_every,
         callbacks=[driver],
         shuffle=False,  # the pipeline shuffles, seeded
