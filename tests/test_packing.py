@@ -65,6 +65,22 @@ def test_that_automatic_packs_split_the_largest_streams_evenly_among_local_worke
             map(run_name, design_points(config)))
 
 
+def test_that_several_workers_get_the_longest_packs_first():
+    overrides = ["data.source=digits", "data.classes=[0,1]", "data.max_train_per_class=null"]
+    alone = plan_packs(load_config(COURSE_STUDY, overrides), design_points(
+        load_config(COURSE_STUDY, overrides)))
+    config = load_config(COURSE_STUDY, overrides + ["distribute.parallel_trials=2"])
+    packs = plan_packs(config, design_points(config))
+    # 9 branches x (64 + 100) > 3 x (256 + 100) > 3 x (16 + 100) > 3 x (4 + 100); seeds in order.
+    assert [(pack.batch_size, len(pack.branches)) for pack in packs] == (
+        [(64, 9)] * 6 + [(256, 3)] * 3 + [(16, 3)] * 3 + [(4, 3)] * 3)
+    assert [pack.points[0].get("seed", 0) for pack in packs[6:]] == [0, 1, 2] * 3
+    assert packs[0].estimated_cost == 40000 * 9 * (64 + 100)
+    # One process: the design's order of each pack's first point.
+    assert [(pack.batch_size, len(pack.branches)) for pack in alone] == (
+        [(64, 18)] * 3 + [(4, 3)] * 3 + [(16, 3)] * 3 + [(256, 3)] * 3)
+
+
 def test_that_pack_off_and_a_maximum_bound_the_branches():
     config = load_config(QUICKSTART, ["study.factors={bn: [none, before, after], seed: [0, 1]}"])
     points = design_points(config)

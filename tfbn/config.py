@@ -138,7 +138,9 @@ class TrainConfig:
     learning_rate: float = _field(0.01, "course project: SGD at 0.01", _check_positive)
     seed: int = _field(0, "seeds the kernels and the order of the training batches")
     threshold: float = _field(0.9, "test accuracy that 'steps to threshold' waits for", _check_fraction)
-    eval_batch_size: int = _field(1000, "examples per evaluation batch (speed only)", _check_positive)
+    eval_batch_size: int = _field(
+        1000, "examples per evaluation batch: the batches BN normalizes by in the batch-statistics mode",
+        _check_positive)
     pack: Union[Literal["auto", "off"], int] = _field(
         "auto", "trials trained together as branches of one model: auto, off or a maximum",
         _check_pack)
