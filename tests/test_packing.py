@@ -1,6 +1,7 @@
 """Packed trials: the plan, and branches that train exactly as they would alone."""
 
 import csv
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -211,6 +212,46 @@ def test_that_evaluation_with_batch_statistics_changes_no_variable(bn):
         np.mean(logits.argmax(1) == data.y_test), abs=1e-12)
     assert measured["val_accuracy"] == pytest.approx(
         np.mean(network(data.x_test).numpy().argmax(1) == data.y_test), abs=1e-12)
+
+
+def test_that_nested_test_splits_share_one_first_layer_product_and_measure_as_alone():
+    base = load_config(QUICKSTART, ["data.classes=[0, 1]", "data.train_ratio='1:1'"])
+    split = {ratio: load_data(apply_factors(base, {"test_ratio": ratio}).data)
+             for ratio in ("1:1", "1:3", "3:1")}
+    other = load_data(dataclasses.replace(base.data, classes=(2, 3)))  # no example in common
+    networks = [tfbn.build_mlp((64,), 2, (20, 20), "sigmoid", bn, seed=s)
+                for s, bn in enumerate(("before", "none", "after"))]
+    model = PackedModel(networks, [build_optimizer(base.train) for _ in networks],
+                        split["1:1"].x_train, split["1:1"].y_train)
+    for _ in range(3):
+        model.train_step(tf.constant(np.arange(64)))
+    uses = [[split["1:1"], split["1:3"], split["3:1"]], [split["1:3"]], [split["3:1"], other]]
+    evaluation = PackEvaluation(model, [[(d.x_test, d.y_test) for d in used] for used in uses], 50)
+    measured = evaluation()
+    # One first-layer product per branch over the distinct examples of its splits
+    # (none shared: each branch here has a different union).
+    assert sorted(len(x) for x, _, _ in evaluation._groups) == sorted(
+        len(np.unique(np.concatenate([d.x_test for d in used]), axis=0)) for used in uses)
+    assert len(evaluation._groups[0][0]) < sum(len(d.y_test) for d in uses[0])
+    for network, used, results in zip(networks, uses, measured):
+        assert len(results) == len(used)
+        for data, result in zip(used, results):
+            logits = network(data.x_test).numpy()
+            losses = tf.keras.losses.sparse_categorical_crossentropy(
+                data.y_test, logits, from_logits=True).numpy()
+            assert result["val_accuracy"] == pytest.approx(
+                np.mean(logits.argmax(1) == data.y_test), abs=1e-12)
+            assert result["val_loss"] == pytest.approx(losses.astype(np.float64).mean(), rel=1e-5)
+    # Batch statistics last: a network called in training mode changes its moving statistics.
+    for network, used, results in zip(networks, uses, measured):
+        for data, result in zip(used, results):
+            if not tfbn.instruments.has_batch_norm(network):
+                assert "val_accuracy_batch_stats" not in result
+                continue
+            logits = np.concatenate([network(data.x_test[s:s + 50], training=True).numpy()
+                                     for s in range(0, len(data.y_test), 50)])
+            assert result["val_accuracy_batch_stats"] == pytest.approx(
+                np.mean(logits.argmax(1) == data.y_test), abs=1e-12)
 
 
 # Through the sweep.

@@ -15,6 +15,7 @@ on its gradients are replaced by zeros, and the other branches train on.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfbn import noise
@@ -247,8 +248,12 @@ class PackEvaluation:
     statistics and step counters included), and noisy BN's noise is off, as
     at any evaluation.
 
-    As in training, the first Dense layers of all branches that share a test
-    split run as one product, and both modes share it (it comes before any BN).
+    The first Dense layer, which holds most of the arithmetic, runs once per
+    test example and branch: each branch's over the union of its splits'
+    examples (the test class ratios of one data set are subsets of one
+    another), and the branches with the same union as one product. Both modes
+    share it (it comes before any BN); each split then takes its own rows, in
+    its own order, so that its batches are those it would have alone.
 
     Args:
         model: A `PackedModel`.
@@ -267,43 +272,75 @@ class PackEvaluation:
         self.model = model
         self.batch_size = batch_size
         self._shape = [len(branch) for branch in splits]
-        # Distinct test splits, each with the (branch, position) pairs that use it.
-        self._inputs, self._users, seen = [], [], {}
-        for i, branch in enumerate(splits):
-            for j, (x, y) in enumerate(branch):
-                if id(x) not in seen:
-                    seen[id(x)] = len(self._inputs)
-                    self._inputs.append((tf.constant(x), tf.constant(y)))
-                    self._users.append([])
-                self._users[seen[id(x)]].append((i, j))
         self._batch_stats = [has_batch_norm(branch) for branch in model.branches]
+        distinct = list({id(x): (x, y) for branch in splits for x, y in branch}.values())
+        examples, row_numbers = _distinct_rows([x for x, _ in distinct])
+        rows = {id(x): (tf.constant(y), numbers) for (x, y), numbers in zip(distinct, row_numbers)}
+        # Branches whose splits together hold the same examples share one product.
+        unions = {}
+        for i, branch in enumerate(splits):
+            union = np.unique(np.concatenate([rows[id(x)][1] for x, _ in branch]))
+            unions.setdefault(union.tobytes(), (union, []))[1].append(i)
+        # Per group: its examples, its branches and, per branch and split, the
+        # split's labels and its rows among the examples (None: all, in order).
+        self._groups = [
+            (tf.constant(examples[union]), members,
+             [[(rows[id(x)][0], _positions(union, rows[id(x)][1])) for x, _ in splits[i]]
+              for i in members])
+            for union, members in unions.values()]
         # Not XLA: compiling this many branches takes longer than it saves.
         self._measure = tf.function(self._measure_all)
 
     def __call__(self):
         measured = iter(self._measure().numpy())
         results = [[None] * count for count in self._shape]
-        for users in self._users:
-            for i, j in users:
-                values = next(measured)
+        for _, members, _ in self._groups:
+            for i in members:
                 names = self.NAMES if self._batch_stats[i] else self.NAMES[:2]
-                results[i][j] = dict(zip(names, map(float, values)))
+                results[i] = [dict(zip(names, map(float, next(measured))))
+                              for _ in range(self._shape[i])]
         return results
 
     def _measure_all(self):
         out = []
-        for (x, y), users in zip(self._inputs, self._users):
-            outputs = first_layer_outputs(x, [self.model.first_layers[i] for i, _ in users])
-            for (i, _), z in zip(users, outputs):
+        for x, members, branch_splits in self._groups:
+            outputs = first_layer_outputs(x, [self.model.first_layers[i] for i in members])
+            for i, z_union, own_splits in zip(members, outputs, branch_splits):
                 tail = self.model.tails[i]
-                measures = _loss_and_accuracy(tail(z, training=False), y)
-                if self._batch_stats[i]:
-                    logits = _batch_statistics_logits(tail, z, self.batch_size)
-                    measures = tf.concat([measures, _loss_and_accuracy(logits, y)], 0)
-                else:
-                    measures = tf.concat([measures, tf.fill([2], tf.constant(float("nan"), tf.float64))], 0)
-                out.append(measures)
+                for y, positions in own_splits:
+                    z = z_union if positions is None else tf.gather(z_union, positions)
+                    measures = _loss_and_accuracy(tail(z, training=False), y)
+                    if self._batch_stats[i]:
+                        logits = _batch_statistics_logits(tail, z, self.batch_size)
+                        measures = tf.concat([measures, _loss_and_accuracy(logits, y)], 0)
+                    else:
+                        measures = tf.concat([measures, tf.fill([2], tf.constant(float("nan"), tf.float64))], 0)
+                    out.append(measures)
         return tf.stack(out)
+
+
+def _distinct_rows(arrays):
+    """The distinct rows of ``arrays`` as one array, and per array its rows' numbers in it."""
+    if len(arrays) == 1:
+        return arrays[0], [np.arange(len(arrays[0]))]
+    numbers, distinct, per_array = {}, [], []
+    for x in arrays:
+        own = []
+        for row in x:
+            key = row.tobytes()
+            if key not in numbers:
+                numbers[key] = len(distinct)
+                distinct.append(row)
+            own.append(numbers[key])
+        per_array.append(np.array(own))
+    return np.stack(distinct), per_array
+
+
+def _positions(union, numbers):
+    """Where the rows ``numbers`` lie in the sorted ``union``; None when they are all of it, in order."""
+    if np.array_equal(union, numbers):
+        return None
+    return tf.constant(np.searchsorted(union, numbers), tf.int32)
 
 
 def _batch_statistics_logits(model, x, batch_size):
