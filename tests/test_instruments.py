@@ -14,7 +14,7 @@ import tfbn.instruments
 import tfbn.models
 from tfbn.instruments import (gradient_norms, jacobian_singular_values,
                               jacobian_singular_values_autodiff, preactivations,
-                              spectrum_statistics)
+                              preactivations_function, spectrum_statistics)
 from tfbn.models import ACTIVATIONS, BN_PLACEMENTS
 
 
@@ -162,12 +162,27 @@ def test_that_preactivations_are_the_inputs_keras_feeds_each_nonlinearity(bn):
             layer.shift, layer.scale = (0.0, 0.0), (1.0, 1.0)
     taps = keras.Model(model.input, [model.get_layer(f"act_{i}").input for i in (1, 2)])
     for mode, training in (("inference", False), ("batch", True)):
-        got = preactivations(model, x, mode)
-        # A training-mode call normalizes by the batch's own statistics, as mode "batch" does.
-        expected = taps(x, training=training)
-        assert list(got) == ["act_1", "act_2"]
-        for g, e in zip(got.values(), expected):
-            np.testing.assert_allclose(g, e.numpy(), rtol=1e-5, atol=1e-6)
+        compiled = preactivations_function(model, x, mode)
+        for got in (preactivations(model, x, mode), compiled()):
+            # A training-mode call normalizes by the batch's own statistics, as mode "batch" does.
+            expected = taps(x, training=training)
+            assert list(got) == ["act_1", "act_2"]
+            for g, e in zip(got.values(), expected):
+                np.testing.assert_allclose(g, e.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_that_compiled_preactivations_measure_the_variables_as_they_are_at_each_call():
+    model = small_mlp("tanh", "before")
+    x, _ = batch(32)
+    compiled = preactivations_function(model, x, "inference")
+    first = compiled()
+    for variable in model.trainable_variables + [model.get_layer("bn_1").moving_mean]:
+        variable.assign(variable * 0.5 + 0.1)
+    later = compiled()
+    for name in first:
+        assert not np.allclose(first[name], later[name])
+        np.testing.assert_allclose(later[name], preactivations(model, x, "inference")[name],
+                                   rtol=1e-6, atol=1e-7)
 
 
 def test_that_another_normalization_layer_is_refused_by_name():

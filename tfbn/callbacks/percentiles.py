@@ -4,7 +4,7 @@ import numpy as np
 
 from tfbn import tags
 from tfbn.callbacks.periodic import Periodic
-from tfbn.instruments import preactivations
+from tfbn.instruments import preactivations_function
 
 PERCENTILES = (15, 50, 85)
 
@@ -37,10 +37,13 @@ class ActivationPercentiles(Periodic):
         self.probe_x = probe_x
         self.unit = unit
         self.mode = mode
+        self._preactivations = None
 
     def measure(self):
         scalars = {}
-        for layer, values in preactivations(self.model, self.probe_x, self.mode).items():
+        if self._preactivations is None:  # compiled once the model is known
+            self._preactivations = preactivations_function(self.model, self.probe_x, self.mode)
+        for layer, values in self._preactivations().items():
             for group, data in ((f"unit_{self.unit}", values[:, self.unit]), ("all", values)):
                 for q, value in zip(PERCENTILES, np.percentile(data, PERCENTILES)):
                     scalars[tags.percentile(layer, group, q)] = value

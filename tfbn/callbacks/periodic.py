@@ -1,7 +1,6 @@
 """Base class of the instrument callbacks: write summaries every N training steps."""
 
 import keras
-import tensorflow as tf
 
 from tfbn.callbacks import events
 
@@ -59,7 +58,7 @@ class Periodic(keras.callbacks.Callback):
         """Measures the model and writes the summaries at ``step``."""
         scalars, histograms = self.measure()
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
+            self._writer = events.EventFile(self.log_dir)
         events.write(self._writer, step, scalars, histograms, describe=self._written_step is None)
         self._written_step = step
 

@@ -1,7 +1,6 @@
 """Writes training and test metrics to TensorBoard against the training step."""
 
 import keras
-import tensorflow as tf
 
 from tfbn.callbacks import events
 
@@ -36,7 +35,7 @@ class StepMetrics(keras.callbacks.Callback):
         logs = dict(logs or {})
         self.history.append((step, logs))
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
+            self._writer = events.EventFile(self.log_dir)
         events.write(self._writer, step, {tag(name): value for name, value in logs.items()},
                      describe=len(self.history) == 1)
 
