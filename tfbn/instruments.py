@@ -38,6 +38,7 @@ spectra["dense_1"].shape  # (1000, 100)
 """
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -112,9 +113,14 @@ def preactivations_function(model, x, mode="inference"):
     250 examples through 784-100-100-10 with BN, on one CPU thread).
     """
     _check_mode(mode)
-    x = tf.constant(x, tf.float32)
-    compiled = tf.function(lambda: {block.activation.name: u for block, u, _ in _forward(model, x, mode)})
+    # A partial, not a closure: TensorFlow counts traces per code object, and would
+    # take the first trace of each of many models for a function retracing in a loop.
+    compiled = tf.function(functools.partial(_preactivation_tensors, model, tf.constant(x, tf.float32), mode))
     return lambda: {name: u.numpy() for name, u in compiled().items()}
+
+
+def _preactivation_tensors(model, x, mode):
+    return {block.activation.name: u for block, u, _ in _forward(model, x, mode)}
 
 
 def jacobian_singular_values(model, x, mode="inference"):
