@@ -248,3 +248,12 @@ def compare_under_mirrored_strategy(out):
 
 if __name__ == "__main__":
     compare_under_mirrored_strategy(sys.argv[1])
+
+
+def test_that_many_models_compiling_their_preactivations_print_no_retracing_warning(caplog):
+    x, _ = batch(16)
+    functions = [preactivations_function(small_mlp("tanh", "before"), x, "batch") for _ in range(8)]
+    with caplog.at_level("WARNING"):
+        for function in functions:
+            function()
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
