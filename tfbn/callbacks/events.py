@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.compat.proto import event_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.util import tensor_util
@@ -95,13 +95,12 @@ def _scalar_tensor(value):
 def _histogram_tensor(values):
     """The finite values in TensorBoard's histogram layout: rows of (left, right, count)."""
     values = np.asarray(values)
-    low, high = (np.float64(values.min()), np.float64(values.max())) if values.size else (0, 0)
-    if not (np.isfinite(low) and np.isfinite(high)):
+    if not (values.size and np.isfinite(values.min()) and np.isfinite(values.max())):
         # A diverging run keeps logging until TerminateOnNaN stops it; NaN has no bucket.
+        values = np.asarray(values, np.float64)
         values = values[np.isfinite(values)]
-        low, high = (np.float64(values.min()), np.float64(values.max())) if values.size else (0, 0)
-    # The range in float64, so that the edges and bucket of every value are those
-    # of the values in float64, without converting them all.
-    counts, edges = np.histogram(values, bins=HISTOGRAM_BUCKETS,
-                                 range=(low, high) if values.size else None)
+    # The range in float64 makes the edges, and each value's bucket, those of the
+    # values in float64, without converting them all.
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BUCKETS, range=(
+        (np.float64(values.min()), np.float64(values.max())) if values.size else None))
     return tensor_util.make_tensor_proto(np.stack([edges[:-1], edges[1:], counts], axis=1))
