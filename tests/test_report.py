@@ -325,6 +325,17 @@ def test_that_a_study_without_a_none_arm_gets_no_verdicts(tmp_path):
     assert "Skipped: no trial logged accuracy/test." in report
 
 
+def test_that_the_report_names_the_data_that_was_read(tmp_path):
+    # An IDX run of a config written for tfds keeps its tfds name, which it ignores.
+    config = parse_config({"experiment": "idx", "log": {"dir": str(tmp_path)},
+                           "data": {"source": "idx", "path": "/data/fashion", "name": "mnist",
+                                    "classes": [0, 1]},
+                           "study": {"factors": {"bn": ["none", "before"]}}})
+    experiment = write_study(config, lambda point: {"status": "ok", "final_accuracy": 0.9})
+    report = pathlib.Path(write_report(str(experiment))).read_text()
+    assert "Config defaults: data IDX files in /data/fashion, classes [0, 1];" in report
+
+
 def test_that_the_class_ratio_figure_takes_seeds_with_equal_accuracy(tmp_path):
     config = parse_config({
         "experiment": "ratio", "log": {"dir": str(tmp_path)}, "data": {"classes": [0, 1]},

@@ -32,7 +32,8 @@ def build_document(study, levels, measures, plots):
 
 def _overview(study):
     c = study.config
-    data = c.data.name or c.data.source
+    # The source that was read: an IDX run keeps the config's tfds name, which it ignores.
+    data = {"tfds": c.data.name, "idx": f"IDX files in {c.data.path}"}.get(c.data.source, c.data.source)
     if c.data.classes:
         data += f", classes {list(c.data.classes)}"
     factors = "; ".join(f"{name}: {', '.join(levels)}" for name, levels in study.factors.items())
