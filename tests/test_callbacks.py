@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import itertools
 import time
 
 import keras
@@ -10,6 +11,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 import tfbn
+from tfbn.callbacks import events
 from tfbn.callbacks import (ActivationPercentiles, Gradients, JacobianSpectrum, TrainingSample,
                             Weights, build_instruments)
 from tfbn.config import LogConfig
@@ -237,3 +239,34 @@ def test_that_tensorboard_serves_every_instrument_of_a_run_as_one_run(tmp_path):
         assert runs == ["trial_0"]
         series = get_json(f"{url}/data/plugin/scalars/scalars?run=trial_0&tag=jacobian/network/max")
         assert [step for _, step, _ in series] == LOGGED_STEPS
+
+
+def test_that_percentiles_measure_the_model_they_were_given_last():
+    probe = np.random.default_rng(1).normal(size=(30, 12)).astype("float32")
+    callback = ActivationPercentiles("unused", probe, EVERY)
+    first_model, second_model = (tfbn.build_mlp((12,), 4, (8, 6), "tanh", "before", seed=s) for s in (0, 1))
+    callback.set_model(first_model)
+    first, _ = callback.measure()
+    callback.set_model(second_model)
+    second, _ = callback.measure()
+    inputs = tfbn.instruments.preactivations(second_model, probe, "batch")["act_2"]
+    assert second["percentiles/act_2/all/p50"] == pytest.approx(np.percentile(inputs, 50), abs=1e-6)
+    assert second["percentiles/act_2/all/p50"] != pytest.approx(first["percentiles/act_2/all/p50"])
+
+
+def test_that_event_files_never_replace_the_files_of_tensorflows_writers(tmp_path, monkeypatch):
+    # TensorFlow's writers (the HParams records use them) share run folders with ours.
+    with tf.summary.create_file_writer(str(tmp_path)).as_default():
+        tf.summary.scalar("theirs/first", 1.0, step=0)
+    [their_file] = tmp_path.glob("events.out.tfevents.*")
+    # Our next file takes the number TensorFlow's next one will take, in the same second.
+    monkeypatch.setattr(events.EventFile, "_numbers", itertools.count(int(their_file.name.split(".")[-2]) + 1))
+    ours = events.EventFile(str(tmp_path))
+    events.write(ours, 0, {"ours": 2.0})
+    ours.close()
+    with tf.summary.create_file_writer(str(tmp_path)).as_default():
+        tf.summary.scalar("theirs/second", 3.0, step=0)
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 3
+    scalars, _ = read_summaries(tmp_path)
+    assert {tag: values[0] for tag, values in scalars.items()} == {
+        "theirs/first": 1.0, "ours": 2.0, "theirs/second": 3.0}

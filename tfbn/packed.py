@@ -250,8 +250,9 @@ class PackEvaluation:
 
     The first Dense layer, which holds most of the arithmetic, runs once per
     test example and branch: each branch's over the union of its splits'
-    examples (the test class ratios of one data set are subsets of one
-    another), and the branches with the same union as one product. Both modes
+    examples (the test class ratios of one data set keep the first examples of
+    each class, so they share most of them), and the branches with the same
+    union as one product. Both modes
     share it (it comes before any BN); each split then takes its own rows, in
     its own order, so that its batches are those it would have alone.
 
@@ -273,20 +274,21 @@ class PackEvaluation:
         self.batch_size = batch_size
         self._shape = [len(branch) for branch in splits]
         self._batch_stats = [has_batch_norm(branch) for branch in model.branches]
-        distinct = list({id(x): (x, y) for branch in splits for x, y in branch}.values())
+        distinct = list({(id(x), id(y)): (x, y) for branch in splits for x, y in branch}.values())
         examples, row_numbers = _distinct_rows([x for x, _ in distinct])
-        rows = {id(x): (tf.constant(y), numbers) for (x, y), numbers in zip(distinct, row_numbers)}
+        rows = {(id(x), id(y)): (tf.constant(y), numbers)
+                for (x, y), numbers in zip(distinct, row_numbers)}
         # Branches whose splits together hold the same examples share one product.
         unions = {}
         for i, branch in enumerate(splits):
-            union = np.unique(np.concatenate([rows[id(x)][1] for x, _ in branch]))
+            union = np.unique(np.concatenate([rows[id(x), id(y)][1] for x, y in branch]))
             unions.setdefault(union.tobytes(), (union, []))[1].append(i)
         # Per group: its examples, its branches and, per branch and split, the
         # split's labels and its rows among the examples (None: all, in order).
         self._groups = [
             (tf.constant(examples[union]), members,
-             [[(rows[id(x)][0], _positions(union, rows[id(x)][1])) for x, _ in splits[i]]
-              for i in members])
+             [[(rows[id(x), id(y)][0], _positions(union, rows[id(x), id(y)][1]))
+               for x, y in splits[i]] for i in members])
             for union, members in unions.values()]
         # Not XLA: compiling this many branches takes longer than it saves.
         self._measure = tf.function(self._measure_all)

@@ -42,9 +42,11 @@ class EventFile:
 
     def __init__(self, log_dir):
         tf.io.gfile.makedirs(log_dir)
-        # TensorFlow's file name pattern, which TensorBoard looks for.
+        # TensorFlow's file name pattern (TensorBoard reads files with "tfevents" in
+        # the name) with a suffix of our own: TensorFlow's writers, which the HParams
+        # records use in the same folders, number their files from 0 too.
         name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-                f"{os.getpid()}.{next(self._numbers)}.v2")
+                f"{os.getpid()}.{next(self._numbers)}.tfbn")
         self._records = tf.io.TFRecordWriter(os.path.join(log_dir, name))
         self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
@@ -95,6 +97,8 @@ def _scalar_tensor(value):
 def _histogram_tensor(values):
     """The finite values in TensorBoard's histogram layout: rows of (left, right, count)."""
     values = np.asarray(values)
+    if values.dtype.kind not in "iuf":  # booleans, say: numbers as NumPy would bin them
+        values = values.astype(np.float64)
     if not (values.size and np.isfinite(values.min()) and np.isfinite(values.max())):
         # A diverging run keeps logging until TerminateOnNaN stops it; NaN has no bucket.
         values = np.asarray(values, np.float64)

@@ -39,9 +39,13 @@ class ActivationPercentiles(Periodic):
         self.mode = mode
         self._preactivations = None
 
+    def set_model(self, model):
+        super().set_model(model)
+        self._preactivations = None  # compiled for the model set, at its first measurement
+
     def measure(self):
         scalars = {}
-        if self._preactivations is None:  # compiled once the model is known
+        if self._preactivations is None:
             self._preactivations = preactivations_function(self.model, self.probe_x, self.mode)
         for layer, values in self._preactivations().items():
             for group, data in ((f"unit_{self.unit}", values[:, self.unit]), ("all", values)):
