@@ -252,9 +252,9 @@ class PackEvaluation:
     test example and branch: each branch's over the union of its splits'
     examples (the test class ratios of one data set keep the first examples of
     each class, so they share most of them), and the branches with the same
-    union as one product. Both modes
-    share it (it comes before any BN); each split then takes its own rows, in
-    its own order, so that its batches are those it would have alone.
+    union as one product. Both modes share it (it comes before any BN); each
+    split then takes its own rows, in its own order, so that its batches are
+    those it would have alone.
 
     Args:
         model: A `PackedModel`.

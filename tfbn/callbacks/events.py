@@ -99,12 +99,13 @@ def _histogram_tensor(values):
     values = np.asarray(values)
     if values.dtype.kind not in "iuf":  # booleans, say: numbers as NumPy would bin them
         values = values.astype(np.float64)
-    if not (values.size and np.isfinite(values.min()) and np.isfinite(values.max())):
+    low, high = (values.min(), values.max()) if values.size else (np.nan, np.nan)
+    if not np.isfinite([low, high]).all():
         # A diverging run keeps logging until TerminateOnNaN stops it; NaN has no bucket.
-        values = np.asarray(values, np.float64)
+        values = values.astype(np.float64)
         values = values[np.isfinite(values)]
+        low, high = (values.min(), values.max()) if values.size else (0.0, 1.0)  # NumPy's empty range
     # The range in float64 makes the edges, and each value's bucket, those of the
     # values in float64, without converting them all.
-    counts, edges = np.histogram(values, bins=HISTOGRAM_BUCKETS, range=(
-        (np.float64(values.min()), np.float64(values.max())) if values.size else None))
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BUCKETS, range=(np.float64(low), np.float64(high)))
     return tensor_util.make_tensor_proto(np.stack([edges[:-1], edges[1:], counts], axis=1))
