@@ -462,3 +462,48 @@ def test_that_a_digits_study_gets_every_figure_and_both_tables(tmp_path):
     assert texts["report/report"] == report
     assert texts["report/verdicts"].startswith("| claim | verdict |")
     assert "| 1. BN speeds up training and raises accuracy |" in texts["report/verdicts"]
+
+
+def test_that_events_read_as_tensorboard_reads_them_from_several_files_and_formats(tmp_path):
+    """Two writers' files, float32 and float64 scalars, a legacy ``simple_value``, a kept and
+    a dropped histogram, steps out of order: `read_events` gives TensorBoard's values."""
+    from tfbn import tags
+    from tfbn.report.trials import read_events
+
+    kept = tags.jacobian("dense_1", "singular_values")
+    for writer_number, steps in enumerate(((20, 0), (10,))):
+        writer = tf.summary.create_file_writer(str(tmp_path), filename_suffix=f".{writer_number}")
+        with writer.as_default():
+            for step in steps:
+                tf.summary.scalar("val_accuracy", 0.1 + step / 3, step=step)
+                tf.summary.write("double_scalar", tf.constant(step / 7, tf.float64), step=step,
+                                 metadata=_scalar_metadata())
+                tf.summary.histogram(kept, np.arange(step + 3.0), step=step)
+                tf.summary.histogram("weights/dense_1/kernel", np.ones(4) * step, step=step)
+                legacy = tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(
+                    tag="legacy_loss", simple_value=2.0 - step / 11)])
+                tf.summary.experimental.write_raw_pb(legacy.SerializeToString(), step=step)
+        writer.close()
+    read = read_events(str(tmp_path))
+    accumulator = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0}).Reload()
+    expected = {}
+    for tag in accumulator.Tags()["tensors"]:
+        events = sorted(accumulator.Tensors(tag), key=lambda e: e.step)
+        expected[tag] = ([e.step for e in events], [make_ndarray(e.tensor_proto) for e in events])
+    # TensorBoard's accumulator keeps a legacy value apart; its loader converts it, as does ours.
+    legacy = sorted(accumulator.Scalars("legacy_loss"), key=lambda e: e.step)
+    expected["legacy_loss"] = ([e.step for e in legacy], [np.float32(e.value) for e in legacy])
+    assert set(read.scalars) == {"val_accuracy", "double_scalar", "legacy_loss"}
+    for tag, (steps, values) in read.scalars.items():
+        assert steps.tolist() == expected[tag][0] == [0, 10, 20]
+        assert values.tolist() == [float(v) for v in expected[tag][1]]
+    assert read.scalars["double_scalar"][1].tolist() == [0.0, 10 / 7, 20 / 7]  # float64 kept whole
+    assert set(read.histograms) == {kept}
+    assert [step for step, _ in read.histograms[kept]] == [0, 10, 20]
+    for (_, buckets), want in zip(read.histograms[kept], expected[kept][1]):
+        np.testing.assert_array_equal(buckets, want)
+
+
+def _scalar_metadata():
+    from tensorboard.plugins.scalar import metadata
+    return metadata.create_summary_metadata(display_name=None, description=None)

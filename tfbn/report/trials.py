@@ -5,13 +5,16 @@ and the run folders. A trial's event files are read on first use, so tables
 that need only ``results.csv`` never touch them.
 """
 
+import collections
 import dataclasses
 import functools
+import glob
 import math
 import os
 
 import numpy as np
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto import types_pb2
 from tensorboard.util.tensor_util import make_ndarray
 
 from tfbn import tags
@@ -46,22 +49,41 @@ class Events:
 
 
 def read_events(run_dir):
-    """Reads every scalar and histogram that the event files in ``run_dir`` hold."""
-    if not os.path.isdir(run_dir):
-        return Events({}, {})
-    accumulator = EventAccumulator(run_dir, size_guidance={"tensors": 0})
-    accumulator.Reload()
+    """Reads every scalar, and the histograms in `HISTOGRAMS`, that the event files in ``run_dir`` hold.
+
+    The files are read in name order, as TensorBoard reads a run, by
+    TensorBoard's own loader (which also converts values written in older
+    formats). TensorBoard's `EventAccumulator` is not used: it keeps every
+    value of every tag, the weight and gradient histograms among them, and
+    took twice as long for a 108-trial study's runs.
+    """
+    plugins, values = {}, collections.defaultdict(list)
+    for path in sorted(glob.glob(os.path.join(run_dir, "*tfevents*"))):
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                # A tag's plugin is named by the metadata of its first value.
+                if value.tag not in plugins and value.metadata.plugin_data.plugin_name:
+                    plugins[value.tag] = value.metadata.plugin_data.plugin_name
+                values[value.tag].append((event.step, value.tensor))
     scalars, histograms = {}, {}
-    for tag in accumulator.Tags()["tensors"]:
-        plugin = accumulator.SummaryMetadata(tag).plugin_data.plugin_name
-        events = sorted(accumulator.Tensors(tag), key=lambda e: e.step)
+    for tag, points in values.items():
+        points.sort(key=lambda point: point[0])
         name = tags.current(tag)  # runs of earlier versions are read under today's names
-        if plugin == "scalars":
-            scalars[name] = (np.array([e.step for e in events], float),
-                             np.array([float(make_ndarray(e.tensor_proto)) for e in events]))
-        elif plugin == "histograms" and name.startswith(HISTOGRAMS):
-            histograms[name] = [(e.step, make_ndarray(e.tensor_proto)) for e in events]
+        if plugins.get(tag) == "scalars":
+            scalars[name] = (np.array([step for step, _ in points], float),
+                             np.array([_scalar(tensor) for _, tensor in points]))
+        elif plugins.get(tag) == "histograms" and name.startswith(HISTOGRAMS):
+            histograms[name] = [(step, make_ndarray(tensor)) for step, tensor in points]
     return Events(scalars, histograms)
+
+
+def _scalar(tensor):
+    """The value of a scalar's tensor proto as a Python float."""
+    # The common case read directly: `make_ndarray` costs 30 us a value, most of
+    # the time of reading a long study's scalars.
+    if tensor.dtype == types_pb2.DT_FLOAT and len(tensor.float_val) == 1 and not tensor.tensor_content:
+        return tensor.float_val[0]
+    return float(make_ndarray(tensor))
 
 
 @dataclasses.dataclass
