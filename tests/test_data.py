@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tfbn.config import DataConfig
-from tfbn.data import load_data, make_datasets
+from tfbn.data import load_data, make_datasets, training_indices
 from tfbn.data.sources import load_tfds
 from tfbn.data.subset import ratio_counts, select_classes
 from tfbn.errors import DataError
@@ -65,6 +65,16 @@ def test_that_the_same_seed_gives_the_same_batches_and_another_seed_does_not():
     assert not np.array_equal(first, first_labels(4))
     # 30 batches of 64 span more than one pass over 1,297 examples: every example is seen.
     assert len(first) == 1920
+
+
+def test_that_the_pipelines_start_no_autotuning_thread():
+    """Deleting an iterator waits out its autotuning thread's timed sleep, which made
+    Keras's `fit` return seconds after its last step; the pipelines, and the step blocks
+    that training batches from the indices, must have no such thread."""
+    train, test = make_datasets(load_data(DataConfig(source="digits")), batch_size=16, seed=0)
+    blocks = training_indices(1000, 16, seed=0).batch(50, drop_remainder=True)
+    for dataset in (train, test, blocks):
+        assert dataset.options().autotune.enabled is False
 
 
 def test_that_an_offline_machine_without_prepared_data_fails_fast(tmp_path, monkeypatch):
