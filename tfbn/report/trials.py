@@ -49,7 +49,7 @@ class Events:
 
 
 def read_events(run_dir):
-    """Reads every scalar, and the histograms in `HISTOGRAMS`, that the event files in ``run_dir`` hold.
+    """Every scalar, and the histograms in `HISTOGRAMS`, of the event files in ``run_dir``.
 
     The files are read in name order, as TensorBoard reads a run, by
     TensorBoard's own loader (which also converts values written in older
