@@ -178,11 +178,27 @@ def test_that_local_workers_share_the_cores_through_their_thread_pools(tmp_path)
     processes = start_workers(str(config_path), 2, f"{LOOPBACK}:{free_port()}", threads=3)
     try:
         for process in processes:
-            with open(f"/proc/{process.pid}/environ", "rb") as f:
-                environment = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+            environment = _started_environment(process.pid)
             for name in THREAD_VARIABLES:
                 assert environment[name.encode()] == b"3"
     finally:
         for process in processes:
             process.kill()
             process.wait()
+
+
+def _started_environment(pid, timeout=30):
+    """The environment of a process once its program has started.
+
+    `subprocess.Popen` returns while the kernel is still setting up the new
+    program, and until it has, ``/proc/PID/environ`` and ``cmdline`` read empty.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            started = b"tfbn.run" in f.read()
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+        if (started and data) or time.monotonic() > deadline:
+            return dict(item.split(b"=", 1) for item in data.split(b"\0") if b"=" in item)
+        time.sleep(0.01)
