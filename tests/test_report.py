@@ -6,13 +6,15 @@ import scipy.stats
 import tensorflow as tf
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.util.tensor_util import make_ndarray
 
+from tfbn import tags
 from tfbn.config import dump_config, parse_config
 from tfbn.report import main, write_report
 from tfbn.report.stats import holm, verdict
 from tfbn.report.summaries import claim_sides, claim_verdicts, summarise_levels, summarise_mechanisms
-from tfbn.report.trials import load_study
+from tfbn.report.trials import load_study, read_events
 from tfbn.results import append_row
 from tfbn.run import main as run_main
 from tfbn.design import design_points, run_name
@@ -467,9 +469,6 @@ def test_that_a_digits_study_gets_every_figure_and_both_tables(tmp_path):
 def test_that_events_read_as_tensorboard_reads_them_from_several_files_and_formats(tmp_path):
     """Two writers' files, float32 and float64 scalars, a legacy ``simple_value``, a kept and
     a dropped histogram, steps out of order: `read_events` gives TensorBoard's values."""
-    from tfbn import tags
-    from tfbn.report.trials import read_events
-
     kept = tags.jacobian("dense_1", "singular_values")
     for writer_number, steps in enumerate(((20, 0), (10,))):
         writer = tf.summary.create_file_writer(str(tmp_path), filename_suffix=f".{writer_number}")
@@ -477,7 +476,7 @@ def test_that_events_read_as_tensorboard_reads_them_from_several_files_and_forma
             for step in steps:
                 tf.summary.scalar("val_accuracy", 0.1 + step / 3, step=step)
                 tf.summary.write("double_scalar", tf.constant(step / 7, tf.float64), step=step,
-                                 metadata=_scalar_metadata())
+                                 metadata=scalar_metadata.create_summary_metadata(None, None))
                 tf.summary.histogram(kept, np.arange(step + 3.0), step=step)
                 tf.summary.histogram("weights/dense_1/kernel", np.ones(4) * step, step=step)
                 legacy = tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(
@@ -502,8 +501,3 @@ def test_that_events_read_as_tensorboard_reads_them_from_several_files_and_forma
     assert [step for step, _ in read.histograms[kept]] == [0, 10, 20]
     for (_, buckets), want in zip(read.histograms[kept], expected[kept][1]):
         np.testing.assert_array_equal(buckets, want)
-
-
-def _scalar_metadata():
-    from tensorboard.plugins.scalar import metadata
-    return metadata.create_summary_metadata(display_name=None, description=None)
