@@ -12,8 +12,8 @@ from tensorboard.util import tensor_util
 
 import tfbn
 from tfbn.callbacks import events
-from tfbn.callbacks import (ActivationPercentiles, Gradients, JacobianSpectrum, TrainingSample,
-                            Weights, build_instruments)
+from tfbn.callbacks import (ActivationPercentiles, Gradients, JacobianSpectrum, SharedSpectra,
+                            TrainingSample, Weights, build_instruments)
 from tfbn.config import LogConfig
 from tfbn.instruments import jacobian_singular_values, spectrum_statistics
 
@@ -160,6 +160,42 @@ def test_that_jacobian_spectrum_logs_the_statistics_of_the_probe_spectra(tmp_pat
         for statistic, expected in spectrum_statistics(values).items():
             np.testing.assert_allclose(scalars[f"jacobian/{layer}/{statistic}"][STEPS], expected, rtol=1e-5)
         assert histograms[f"jacobian/{layer}/singular_values"][STEPS][:, 2].sum() == values.size
+
+
+def test_that_shared_spectra_give_each_probe_set_its_own_spectra_computed_once_a_step(
+        tmp_path, monkeypatch):
+    computed = []  # the examples of each computation, which still runs
+
+    def counted(model, x, mode="inference"):
+        computed.append(len(x))
+        return jacobian_singular_values(model, x, mode)
+
+    monkeypatch.setattr(tfbn.callbacks.jacobian, "jacobian_singular_values", counted)
+    rng = np.random.default_rng(2)
+    pool = rng.normal(size=(30, 12)).astype("float32")
+    # Overlapping probe sets in different orders, as test splits of one data set give.
+    probes = [pool[:20], pool[10:30], np.concatenate([pool[25:], pool[:5]])]
+    shared = SharedSpectra(probes)
+    assert len(shared.examples) == 30
+    callbacks = [JacobianSpectrum(str(tmp_path / str(i)), probe, EVERY, shared=shared)
+                 for i, probe in enumerate(probes)]
+    model = train(callbacks)
+    # One computation per logged step, on the distinct examples, for all three callbacks.
+    assert computed == [30] * len(LOGGED_STEPS)
+    for i, probe in enumerate(probes):
+        alone = jacobian_singular_values(model, probe)
+        together = shared.singular_values(model, probe)
+        assert together.keys() == alone.keys()
+        for layer, values in alone.items():
+            np.testing.assert_allclose(together[layer], values, rtol=1e-6)
+        scalars, _ = read_summaries(tmp_path / str(i))
+        for statistic, expected in spectrum_statistics(alone["network"]).items():
+            np.testing.assert_allclose(scalars[f"jacobian/network/{statistic}"][STEPS], expected,
+                                       rtol=1e-5)
+    with pytest.raises(ValueError, match="not one of those"):
+        shared.singular_values(model, pool[:7])
+    with pytest.raises(ValueError, match="mode must be 'inference'"):
+        JacobianSpectrum(str(tmp_path), probes[0], EVERY, "batch", shared)
 
 
 @pytest.mark.parametrize("bn", ["before", "after", "none"])

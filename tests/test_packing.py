@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import itertools
 import pathlib
 
 import numpy as np
@@ -17,7 +18,8 @@ from tfbn.packed import PackEvaluation, PackedModel
 from tfbn.packing import plan_packs
 from tfbn.design import apply_factors, design_points, run_name
 from tfbn.sweep import run_study
-from tfbn.training import Target, build_optimizer, train_pack
+from tfbn.instruments import jacobian_singular_values, spectrum_statistics
+from tfbn.training import Target, build_model, build_optimizer, train_pack
 
 from helpers import QUICKSTART
 
@@ -282,7 +284,7 @@ def test_that_packing_on_and_off_give_the_same_rows(tmp_path):
 
 def test_that_points_differing_only_in_test_ratio_share_one_training_with_their_own_rows(tmp_path):
     config = load_config(QUICKSTART, [
-        f"log.dir={tmp_path}", "train.steps=200", "log.instruments=[weights, percentiles]",
+        f"log.dir={tmp_path}", "train.steps=200", "log.instruments=[weights, percentiles, jacobian]",
         "data.classes=[0, 1]", "data.train_ratio='1:1'", "data.test_ratio='1:1'",
         "study.factors={test_ratio: ['1:1', '1:3'], bn: [none, before]}"])
     rows = run_study(config, quiet=True)
@@ -301,3 +303,10 @@ def test_that_points_differing_only_in_test_ratio_share_one_training_with_their_
     splits = {ratio: load_data(apply_factors(config, {"test_ratio": ratio}).data)
               for ratio in ("1:1", "1:3")}
     assert len(splits["1:1"].y_test) != len(splits["1:3"].y_test)
+    # Each run's Jacobian spectra are those of its own probe set, here of the initial network.
+    for ratio, bn in itertools.product(("1:1", "1:3"), ("none", "before")):
+        trial, data = apply_factors(config, {"test_ratio": ratio, "bn": bn}), splits[ratio]
+        spectra = jacobian_singular_values(build_model(trial, data), data.x_test[:trial.log.probe_size])
+        for statistic, expected in spectrum_statistics(spectra["network"]).items():
+            assert runs[f"test={ratio},bn={bn}"][f"jacobian/network/{statistic}"][0] == (
+                0, pytest.approx(expected, rel=1e-5))

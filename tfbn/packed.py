@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbn import noise
+from tfbn.data.subset import distinct_rows
 from tfbn.instruments import has_batch_norm
 
 _TRAIN_TOTALS = 3  # loss summed over examples, correct predictions, examples
@@ -275,7 +276,7 @@ class PackEvaluation:
         self._shape = [len(branch) for branch in splits]
         self._batch_stats = [has_batch_norm(branch) for branch in model.branches]
         distinct = list({(id(x), id(y)): (x, y) for branch in splits for x, y in branch}.values())
-        examples, row_numbers = _distinct_rows([x for x, _ in distinct])
+        examples, row_numbers = distinct_rows([x for x, _ in distinct])
         rows = {(id(x), id(y)): (tf.constant(y), numbers)
                 for (x, y), numbers in zip(distinct, row_numbers)}
         # Branches whose splits together hold the same examples share one product.
@@ -319,23 +320,6 @@ class PackEvaluation:
                         measures = tf.concat([measures, tf.fill([2], tf.constant(float("nan"), tf.float64))], 0)
                     out.append(measures)
         return tf.stack(out)
-
-
-def _distinct_rows(arrays):
-    """The distinct rows of ``arrays`` as one array, and per array its rows' numbers in it."""
-    if len(arrays) == 1:
-        return arrays[0], [np.arange(len(arrays[0]))]
-    numbers, distinct, per_array = {}, [], []
-    for x in arrays:
-        own = []
-        for row in x:
-            key = row.tobytes()
-            if key not in numbers:
-                numbers[key] = len(distinct)
-                distinct.append(row)
-            own.append(numbers[key])
-        per_array.append(np.array(own))
-    return np.stack(distinct), per_array
 
 
 def _positions(union, numbers):

@@ -4,7 +4,9 @@ A *pack* is a list of branches; a branch is one network trained on the shared
 batches (`tfbn.packed.PackedModel`), and measured as one or more trials
 (`Target`), each on its own test split: trials that differ only in the test
 split (``data.test_ratio``) share a training. Every trial keeps its own
-TensorBoard run, instruments and summary, exactly as if it had trained alone.
+TensorBoard run, instruments and summary, exactly as if it had trained alone;
+the trials of one branch compute their Jacobian spectra once a step, on the
+distinct examples of their probe sets (`tfbn.callbacks.SharedSpectra`).
 
 Training runs ``train.steps`` steps as ``steps / eval_every`` Keras epochs of
 ``eval_every`` steps each; after each, every trial is evaluated on its test
@@ -19,7 +21,7 @@ import time
 
 import keras
 
-from tfbn.callbacks import StepMetrics, TrainingSample, build_instruments
+from tfbn.callbacks import SharedSpectra, StepMetrics, TrainingSample, build_instruments
 from tfbn.data import load_data, training_indices
 from tfbn.errors import DataError
 from tfbn.models import build_mlp, initializer_from
@@ -174,14 +176,16 @@ class _PackDriver(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._start = time.monotonic()
         self._metrics = [[StepMetrics(t.log_dir) for t in targets] for targets in self.branches]
-        self._lists = [
-            [keras.callbacks.CallbackList(
-                [metrics, *build_instruments(t.config.log, t.log_dir, d.x_test, _sample(t.config, d)),
-                 *t.callbacks],
-                model=network)
-             for t, d, metrics in zip(targets, branch_data, branch_metrics)]
-            for targets, branch_data, branch_metrics, network
-            in zip(self.branches, self.datasets, self._metrics, self.model.branches)]
+        self._lists = []
+        for targets, branch_data, branch_metrics, network in zip(
+                self.branches, self.datasets, self._metrics, self.model.branches):
+            shared = _shared_spectra(targets, branch_data)
+            self._lists.append([
+                keras.callbacks.CallbackList(
+                    [metrics, *build_instruments(t.config.log, t.log_dir, d.x_test,
+                                                 _sample(t.config, d), shared), *t.callbacks],
+                    model=network)
+                for t, d, metrics in zip(targets, branch_data, branch_metrics)])
         self._running = list(range(len(self.branches)))
         for i in self._running:
             for callbacks in self._lists[i]:
@@ -223,6 +227,19 @@ class _PackDriver(keras.callbacks.Callback):
             self.results[i][j] = summarise(metrics.history, train.steps, train.threshold, seconds)
             if self.on_result:
                 self.on_result(target, self.results[i][j])
+
+
+def _shared_spectra(targets, datasets):
+    """One `SharedSpectra` for the Jacobian probes of a branch's trials, or None.
+
+    Only where it saves work: several trials, each with the ``jacobian``
+    instrument in inference mode.
+    """
+    logs = [target.config.log for target in targets]
+    if len(targets) < 2 or any("jacobian" not in log.instruments or log.jacobian_mode != "inference"
+                               for log in logs):
+        return None
+    return SharedSpectra([data.x_test[:log.probe_size] for data, log in zip(datasets, logs)])
 
 
 def _sample(config, data):

@@ -5,7 +5,7 @@
 
 from tfbn.callbacks.batch_statistics import BatchStatisticsEvaluation
 from tfbn.callbacks.gradients import Gradients
-from tfbn.callbacks.jacobian import JacobianSpectrum
+from tfbn.callbacks.jacobian import JacobianSpectrum, SharedSpectra
 from tfbn.callbacks.optimization import CovariateShift, LandscapeSmoothness, TrainingSample
 from tfbn.callbacks.percentiles import ActivationPercentiles
 from tfbn.callbacks.progress import Progress
@@ -14,11 +14,11 @@ from tfbn.callbacks.weights import Weights
 
 
 __all__ = ["ActivationPercentiles", "BatchStatisticsEvaluation", "CovariateShift", "Gradients",
-           "JacobianSpectrum", "LandscapeSmoothness", "Progress", "StepMetrics", "TrainingSample",
-           "Weights", "build_instruments"]
+           "JacobianSpectrum", "LandscapeSmoothness", "Progress", "SharedSpectra", "StepMetrics",
+           "TrainingSample", "Weights", "build_instruments"]
 
 
-def build_instruments(log_config, log_dir, probe_x, sample=None):
+def build_instruments(log_config, log_dir, probe_x, sample=None, shared_spectra=None):
     """The instrument callbacks that ``log_config.instruments`` enables.
 
     Args:
@@ -31,6 +31,8 @@ def build_instruments(log_config, log_dir, probe_x, sample=None):
         sample: A `TrainingSample`, the training batches of the ``ics`` and
             ``landscape`` instruments (needed when either is enabled) and of
             the ``gradients`` instrument's write at the start of training.
+        shared_spectra: A `SharedSpectra` that the ``jacobian`` instrument
+            takes its spectra from (inference mode only), or None.
 
     Returns:
         A list of callbacks, in the order of ``log_config.instruments``.
@@ -50,7 +52,7 @@ def build_instruments(log_config, log_dir, probe_x, sample=None):
         "weights": lambda: Weights(log_dir, log_config.weights_every),
         "gradients": lambda: Gradients(log_dir, log_config.gradients_every, sample),
         "jacobian": lambda: JacobianSpectrum(log_dir, probe, log_config.jacobian_every,
-                                             log_config.jacobian_mode),
+                                             log_config.jacobian_mode, shared_spectra),
         "percentiles": lambda: ActivationPercentiles(log_dir, probe, log_config.percentiles_every),
         "ics": lambda: CovariateShift(log_dir, sample, log_config.ics_every),
         "landscape": lambda: LandscapeSmoothness(log_dir, sample, log_config.landscape_every),

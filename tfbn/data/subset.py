@@ -58,3 +58,31 @@ def select_classes(x, y, classes, max_per_class=None, ratio=None):
     relabel = np.full(int(y.max()) + 1, -1, dtype=np.int64)
     relabel[list(classes)] = np.arange(len(classes))
     return x[keep], relabel[y[keep]]
+
+
+def distinct_rows(arrays):
+    """The distinct rows of several arrays, and where each array's rows lie among them.
+
+    Args:
+        arrays: Arrays of examples, first axis indexes them; test splits of
+            one data set, for example, which share most of their examples.
+
+    Returns:
+        ``(distinct, numbers)``: one array of the distinct rows, in order of
+        first appearance, and per input array the integer array of its rows'
+        positions in ``distinct``, so that ``distinct[numbers[i]]`` equals
+        ``arrays[i]``.
+    """
+    if len(arrays) == 1:
+        return arrays[0], [np.arange(len(arrays[0]))]
+    positions, distinct, per_array = {}, [], []
+    for x in arrays:
+        own = []
+        for row in x:
+            key = row.tobytes()
+            if key not in positions:
+                positions[key] = len(distinct)
+                distinct.append(row)
+            own.append(positions[key])
+        per_array.append(np.array(own, dtype=np.int64))
+    return np.stack(distinct), per_array
