@@ -9,17 +9,19 @@ On the four IDX files in DIR (Fashion-MNIST or MNIST), prints:
    784-100-100-10 MLP (SGD 0.01, batch 64, ``--steps`` steps, evaluation every
    100), run as ``python -m tfbn.run`` with its instruments at their defaults and
    its report, against ``bench/plain_keras_study.py``, the plain-Keras script that
-   trains the same 15 networks one after another with `fit` and its validation.
-   Wall times (process start to exit), their ratio and each process's peak
-   resident memory.
+   trains the same 15 networks one after another with `fit` and its validation,
+   as written (``prefetch(AUTOTUNE)``) and with tf.data's autotuning off, which
+   spares it a wait at the end of every `fit` (see that script). Wall times
+   (process start to exit), the ratios and each process's peak resident memory.
 2. **Throughput per trial**, in this process: the plain-Keras peer (the same
    network and evaluation schedule written the obvious way: `fit`,
    ``steps_per_execution=32``, an in-memory pipeline, validation every 100 steps),
-   a solo tfbn trial (`tfbn.training.train_pack` with one branch, instruments at
-   their defaults) and packs of 3 and 15 branches (the BN arms x activations),
-   at batch 4, 64 and 256. Each figure is ``--steps`` steps over the wall time of
-   the whole call, graph tracing included; packs as trial-steps/s (steps x
-   branches), and each as a ratio to the peer at the same batch size.
+   as written and with autotuning off, a solo tfbn trial
+   (`tfbn.training.train_pack` with one branch, instruments at their defaults)
+   and packs of 3 and 15 branches (the BN arms x activations), at batch 4, 64
+   and 256. Each figure is ``--steps`` steps over the wall time of the whole
+   call, graph tracing included; packs as trial-steps/s (steps x branches), and
+   each as a ratio to either peer at the same batch size.
 
 The machine may be shared: the variants run interleaved, and ``--repeats`` runs
 the whole sequence again so that the spread shows.
@@ -73,11 +75,13 @@ def end_to_end(data, steps, folder):
                      "--steps", str(steps)]
     tfbn_result = run_process(tfbn_command + ["--restart"], folder / "tfbn.log")
     plain_result = run_process(plain_command, folder / "plain.log")
-    return tfbn_result, plain_result
+    untuned_result = run_process(plain_command + ["--no-autotune"], folder / "plain_untuned.log")
+    return tfbn_result, plain_result, untuned_result
 
 
 def throughput(data, steps, batch_sizes, folder):
-    """Rows (batch, variant, trials, steps/s, trial-steps/s) measured in this process."""
+    """Rows (batch, variant, trials, steps/s, trial-steps/s, ratios to the two peers) measured
+    in this process."""
     import keras
 
     from tfbn.config import load_config
@@ -85,7 +89,7 @@ def throughput(data, steps, batch_sizes, folder):
     from tfbn.design import apply_factors, run_name
     from tfbn.training import Target, train_pack
     sys.path.insert(0, str(ROOT / "bench"))
-    from plain_keras_study import network
+    from plain_keras_study import network, training_pipeline
 
     base = load_config(ROOT / "configs" / "quickstart.yaml", [
         "data.source=idx", f"data.path={data}", f"train.steps={steps}", "train.eval_every=100"])
@@ -94,19 +98,20 @@ def throughput(data, steps, batch_sizes, folder):
     rows = []
     for batch in batch_sizes:
         config = apply_factors(base, {"batch_size": batch})
-        import tensorflow as tf
-        train = (tf.data.Dataset.from_tensor_slices((dataset.x_train, dataset.y_train))
-                 .shuffle(len(dataset.y_train), seed=0).repeat().batch(batch, drop_remainder=True)
-                 .prefetch(tf.data.AUTOTUNE))
-        start = time.monotonic()
-        model = network("sigmoid", "before")
-        model.compile(keras.optimizers.SGD(0.01),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"], steps_per_execution=32)
-        model.fit(train, steps_per_epoch=100, epochs=steps // 100,
-                  validation_data=(dataset.x_test, dataset.y_test), verbose=0)
-        peer = steps / (time.monotonic() - start)
-        rows.append((batch, "plain-Keras peer (fit + validation)", 1, peer, peer, 1.0))
+        peers = []
+        for autotune in (True, False):
+            train = training_pipeline(dataset.x_train, dataset.y_train, batch, autotune)
+            start = time.monotonic()
+            model = network("sigmoid", "before")
+            model.compile(keras.optimizers.SGD(0.01),
+                          keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=["accuracy"], steps_per_execution=32)
+            model.fit(train, steps_per_epoch=100, epochs=steps // 100,
+                      validation_data=(dataset.x_test, dataset.y_test), verbose=0)
+            peers.append(steps / (time.monotonic() - start))
+        for label, rate in zip(("plain-Keras peer (fit + validation)", "  the same, autotune off"),
+                               peers):
+            rows.append((batch, label, 1, rate, rate, *(rate / peer for peer in peers)))
         for count, label in ((1, "tfbn solo trial"), (3, "tfbn pack"), (15, "tfbn pack")):
             chosen = [{"bn": "before", "activation": "sigmoid"}] if count == 1 else points[:count]
             branches = [[Target(apply_factors(config, p),
@@ -115,7 +120,8 @@ def throughput(data, steps, batch_sizes, folder):
             start = time.monotonic()
             train_pack(branches)
             rate = steps / (time.monotonic() - start)
-            rows.append((batch, label, count, rate, rate * count, rate * count / peer))
+            rows.append((batch, label, count, rate, rate * count,
+                         *(rate * count / peer for peer in peers)))
     return rows
 
 
@@ -132,20 +138,21 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folder = pathlib.Path(tmp)
         for repeat in range(args.repeats):
-            (tfbn_s, tfbn_mib), (plain_s, plain_mib) = end_to_end(args.data, steps, folder)
+            (tfbn_s, tfbn_mib), *plain = end_to_end(args.data, steps, folder)
             print(f"\n15-point study end to end ({steps} steps per point), repeat {repeat + 1}:")
             print(f"  python -m tfbn.run (instruments, report)  {tfbn_s:7.1f} s   "
                   f"peak RSS {tfbn_mib:6.0f} MiB")
-            print(f"  plain-Keras script (15 x fit)            {plain_s:7.1f} s   "
-                  f"peak RSS {plain_mib:6.0f} MiB")
-            print(f"  tfbn speed / plain-Keras speed: {plain_s / tfbn_s:.2f}x")
+            for label, (plain_s, plain_mib) in zip(("plain-Keras script (15 x fit)",
+                                                    "  the same, autotune off"), plain):
+                print(f"  {label:40s} {plain_s:7.1f} s   peak RSS {plain_mib:6.0f} MiB   "
+                      f"tfbn {plain_s / tfbn_s:.2f}x as fast")
             print("\nthroughput (wall time of each whole call, tracing included):")
             print(f"  {'batch':>5}  {'variant':38s} {'trials':>6} {'steps/s':>8} "
-                  f"{'trial-steps/s':>13} {'x peer':>7}")
-            for batch, label, count, rate, trial_rate, ratio in throughput(
+                  f"{'trial-steps/s':>13} {'x peer':>7} {'x peer, autotune off':>21}")
+            for batch, label, count, rate, trial_rate, ratio, untuned_ratio in throughput(
                     args.data, steps, batch_sizes, folder):
                 print(f"  {batch:5d}  {label:38s} {count:6d} {rate:8.0f} {trial_rate:13.0f} "
-                      f"{ratio:7.2f}")
+                      f"{ratio:7.2f} {untuned_ratio:21.2f}")
     import resource
     print(f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
