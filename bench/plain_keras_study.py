@@ -34,9 +34,13 @@ def training_pipeline(x, y, batch_size, autotune=True):
     """The training batches: the training split shuffled, repeated, batched and prefetched.
 
     As written, with ``prefetch(AUTOTUNE)``, tf.data runs an autotuning thread,
-    and deleting the iterator when `fit` ends waits out that thread's timed
-    wait: on 2 CPU cores, 5.5 to 11.0 s a network in this script against 5.0
-    to 6.4 s with ``autotune=False`` (autotuning off, as in tfbn's pipelines).
+    and deleting the iterator when `fit` ends can wait out that thread's timed
+    wait (tfbn's own pipelines turn autotuning off for that reason). On 2 CPU
+    cores, in three interleaved rounds of the sigmoid and relu networks, a
+    network took 5.4 to 11.2 s as written and 5.8 to 8.3 s with
+    ``autotune=False``: 44-53 s against 39-44 s a round. The wait comes in some
+    runs only: in one run of ``bench/bench_study.py`` the 15 networks took 134.7 s
+    as written and 139.2 s without autotuning.
     """
     train = (tf.data.Dataset.from_tensor_slices((x, y))
              .shuffle(len(y), seed=0).repeat().batch(batch_size, drop_remainder=True))
