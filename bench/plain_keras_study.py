@@ -39,8 +39,8 @@ def training_pipeline(x, y, batch_size, autotune=True):
     cores, in three interleaved rounds of the sigmoid and relu networks, a
     network took 5.4 to 11.2 s as written and 5.8 to 8.3 s with
     ``autotune=False``: 44-53 s against 39-44 s a round. The wait comes in some
-    runs only: in one run of ``bench/bench_study.py`` the 15 networks took 134.7 s
-    as written and 139.2 s without autotuning.
+    runs only: in two runs of ``bench/bench_study.py`` the 15 networks took 134.7
+    and 140.3 s as written, 139.2 and 117.8 s without autotuning.
     """
     train = (tf.data.Dataset.from_tensor_slices((x, y))
              .shuffle(len(y), seed=0).repeat().batch(batch_size, drop_remainder=True))
