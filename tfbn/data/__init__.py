@@ -80,6 +80,11 @@ _WITHOUT_AUTOTUNE = tf.data.Options()
 _WITHOUT_AUTOTUNE.autotune.enabled = False
 
 
+def _from_memory(dataset):
+    """The end of a pipeline over in-memory arrays: one batch prefetched, no autotuning."""
+    return dataset.prefetch(1).with_options(_WITHOUT_AUTOTUNE)
+
+
 def training_batches(data, batch_size, seed):
     """The training pipeline: shuffled with ``seed``, repeated, in whole batches.
 
@@ -87,12 +92,10 @@ def training_batches(data, batch_size, seed):
     forever and drops the last partial batch, so runs with the same seed see
     the same batches in the same order.
     """
-    return (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-            .shuffle(len(data.y_train), seed=seed, reshuffle_each_iteration=True)
-            .repeat()
-            .batch(batch_size, drop_remainder=True)
-            .prefetch(1)
-            .with_options(_WITHOUT_AUTOTUNE))
+    return _from_memory(tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
+                        .shuffle(len(data.y_train), seed=seed, reshuffle_each_iteration=True)
+                        .repeat()
+                        .batch(batch_size, drop_remainder=True))
 
 
 def training_indices(num_examples, batch_size, seed):
@@ -103,12 +106,10 @@ def training_indices(num_examples, batch_size, seed):
     batches of `training_batches`; `tfbn.packed.PackedModel` trains on them,
     which spares the pipeline from copying every image.
     """
-    return (tf.data.Dataset.range(num_examples)
-            .shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
-            .repeat()
-            .batch(batch_size, drop_remainder=True)
-            .prefetch(1)
-            .with_options(_WITHOUT_AUTOTUNE))
+    return _from_memory(tf.data.Dataset.range(num_examples)
+                        .shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
+                        .repeat()
+                        .batch(batch_size, drop_remainder=True))
 
 
 def make_datasets(data, batch_size, seed, eval_batch_size=1000):
@@ -119,8 +120,6 @@ def make_datasets(data, batch_size, seed, eval_batch_size=1000):
         training batches of `training_batches` and the test split in batches
         of ``eval_batch_size``.
     """
-    test = (tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test))
-            .batch(eval_batch_size)
-            .prefetch(1)
-            .with_options(_WITHOUT_AUTOTUNE))
+    test = _from_memory(tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test))
+                        .batch(eval_batch_size))
     return training_batches(data, batch_size, seed), test
