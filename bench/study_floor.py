@@ -35,7 +35,8 @@ LOOP = 50  # products per timed call
 
 
 def count(config):
-    """Per pack: ``(batch size, first-layer columns, test rows, training FLOP, evaluation FLOP)``."""
+    """Per pack: ``(batch size, input features, first-layer columns, test rows, training FLOP,
+    evaluation FLOP)``."""
     from tfbn.data import load_data
     from tfbn.data.subset import distinct_rows
     from tfbn.design import apply_factors, design_points
@@ -59,28 +60,28 @@ def count(config):
                 union * first + modes * later * sum(len(split.y_test) for split in splits))
             columns += sizes[1]
             rows = max(rows, union)
-        packs.append((pack.batch_size, columns, rows, train_flop, eval_flop))
+        packs.append((pack.batch_size, sizes[0], columns, rows, train_flop, eval_flop))
     return packs
 
 
 def measure(shapes):
-    """GFLOP/s of each ``(kind, rows, columns)``: ``train`` (product, kernel gradient and
-    update) or ``eval`` (product), on one thread."""
+    """GFLOP/s of each ``(kind, rows, features, columns)``: ``train`` (product, kernel
+    gradient and update) or ``eval`` (product), on one thread."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
     rates = []
-    for kind, rows, columns in shapes:
-        x = tf.constant(rng.random((rows, 784), dtype=np.float32))
-        w = tf.constant(rng.random((784, columns), dtype=np.float32) * 1e-3)
+    for kind, rows, features, columns in shapes:
+        x = tf.constant(rng.random((rows, features), dtype=np.float32))
+        w = tf.constant(rng.random((features, columns), dtype=np.float32) * 1e-3)
         if kind == "train":
             def body(i, w):
                 return i + 1, w - 1e-6 * tf.matmul(x, x @ w, transpose_a=True)
-            flop = 4 * rows * 784 * columns
+            flop = 4 * rows * features * columns
         else:
             def body(i, w):  # each product feeds the next; a maximum does not commute with it
                 return i + 1, w + 1e-9 * tf.reduce_max(x @ w, axis=0)
-            flop = 2 * rows * 784 * columns
+            flop = 2 * rows * features * columns
         loop = tf.function(lambda w: tf.while_loop(lambda i, _: i < LOOP, body, (0, w))[1],
                            jit_compile=True)
         loop(w).numpy()
@@ -110,8 +111,8 @@ def main():
     config = load_config(args.config, args.overrides)
     workers = config.distribute.parallel_trials
     packs = count(config)
-    shapes = sorted({("train", batch, columns) for batch, columns, _, _, _ in packs}
-                    | {("eval", rows, columns) for _, columns, rows, _, _ in packs})
+    shapes = sorted({("train", batch, features, columns) for batch, features, columns, *_ in packs}
+                    | {("eval", rows, features, columns) for _, features, columns, rows, *_ in packs})
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         measured = pool.map(_single_threaded, [shapes] * workers)
     rate = dict(zip(shapes, np.mean(measured, axis=0)))
@@ -122,14 +123,15 @@ def main():
     total = 0.0
     for batch in sorted({p[0] for p in packs}):
         chosen = [p for p in packs if p[0] == batch]
-        train_flop = sum(p[3] for p in chosen)
-        eval_flop = sum(p[4] for p in chosen)
-        seconds = sum(p[3] / rate["train", batch, p[1]] / 1e9 + p[4] / rate["eval", p[2], p[1]] / 1e9
-                      for p in chosen)
+        train_rates = [rate["train", batch, features, columns] for _, features, columns, *_ in chosen]
+        eval_rates = [rate["eval", rows, features, columns] for _, features, columns, rows, *_ in chosen]
+        train_flop = [p[4] for p in chosen]
+        eval_flop = [p[5] for p in chosen]
+        seconds = sum(np.divide(train_flop, train_rates) + np.divide(eval_flop, eval_rates)) / 1e9
         total += seconds
-        print(f"  {batch:5d} {len(chosen):5d} {train_flop / 1e12:11.1f} "
-              f"{np.mean([rate['train', batch, p[1]] for p in chosen]):7.1f} {eval_flop / 1e12:10.1f} "
-              f"{np.mean([rate['eval', p[2], p[1]] for p in chosen]):7.1f} {seconds:8.0f}")
+        print(f"  {batch:5d} {len(chosen):5d} {sum(train_flop) / 1e12:11.1f} "
+              f"{np.mean(train_rates):7.1f} {sum(eval_flop) / 1e12:10.1f} "
+              f"{np.mean(eval_rates):7.1f} {seconds:8.0f}")
     print(f"  floor: {total:.0f} s of matrix products, {total / workers / 60:.1f} min of wall time "
           f"on {workers} workers")
 
