@@ -52,7 +52,7 @@ SHORT = ("train.steps=100", "train.eval_every=50", "log.instruments=[]")
 # The report written at the end of a command-line run is tfbn.report's business.
 FLAGS = ("--config", QUICKSTART, "--quiet", "--no-report")
 KERASTUNER_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
-WAIT_S = 240  # for a subprocess to finish; the chief alone may idle 20 s before it exits
+WAIT_S = 240  # for a subprocess to finish; a chief process may idle 20 s before it exits
 
 
 def overrides(tmp_path, *more):

@@ -7,8 +7,11 @@ import time
 from collections import Counter
 
 import pytest
+from keras_tuner.engine.trial import TrialStatus
 
 import tfbn.sweep
+from tfbn.design import design_points
+from tfbn.packing import plan_packs
 from tfbn.errors import ConfigError
 from tfbn.run import main
 from tfbn.sweep import run_study
@@ -39,6 +42,22 @@ def test_that_keras_tuner_runs_each_point_of_a_full_factorial_exactly_once(
 
     run_study(config, quiet=True)  # a rerun finds every trial done
     assert len(trained) == 12 and len(read_rows(experiment)) == 12
+
+
+def test_that_the_design_oracle_is_finished_once_every_pack_was_proposed_and_has_ended(tmp_path):
+    config = load(tmp_path, "study.factors={bn: [none, before], seed: [0, 1]}", "train.pack=off")
+    oracle = tfbn.sweep.DesignOracle(plan_packs(config, design_points(config)))
+    oracle._set_project_dir(str(tmp_path), "tuner")
+    trials = [oracle.create_trial(f"worker{i}") for i in range(3)]
+    assert not oracle.finished()  # one pack was never proposed
+    trials.append(oracle.create_trial("worker3"))
+    for trial in trials:
+        assert not oracle.finished()  # a pack is still running
+        oracle.update_trial(trial.trial_id, {"final_accuracy": 0.9})
+        trial.status = TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+    assert oracle.finished()
+    assert oracle.create_trial("worker4").status == TrialStatus.STOPPED
 
 
 def test_that_keras_tuner_runs_each_point_of_a_one_at_a_time_design_exactly_once(tmp_path, trained):

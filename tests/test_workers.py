@@ -3,11 +3,9 @@
 import os
 import sys
 import time
-import types
 from collections import Counter
 
 import pytest
-from keras_tuner.src.distribute import oracle_chief
 
 from tfbn import workers
 from tfbn.errors import ConfigError
@@ -93,9 +91,6 @@ def test_that_a_chief_and_two_workers_one_set_up_by_environment_alone_run_each_t
 
 
 def test_that_parallel_trials_runs_a_grid_in_local_worker_processes(tmp_path, monkeypatch):
-    # This process is the chief; keras-tuner's chief looks every 20 s for workers still busy.
-    monkeypatch.setattr(oracle_chief, "time", types.SimpleNamespace(
-        sleep=lambda seconds: time.sleep(min(seconds, 0.5))))
     # Each worker process trains one pack: a fresh one takes each next pack, and one per
     # worker learns that none is left. (The spy counts the real processes started.)
     started = []

@@ -82,6 +82,11 @@ class DesignOracle(keras_tuner.Oracle):
                 return {"status": TrialStatus.RUNNING, "values": values}
         return {"status": TrialStatus.STOPPED}
 
+    def finished(self):
+        """Whether every pack was proposed and none is still running."""
+        return not self.ongoing_trials and all(
+            self._compute_values_hash(values) in self._tried_so_far for values in self.proposals)
+
 
 class StudyTuner(keras_tuner.Tuner):
     """Trains one pack of a study's trials per call of `run_trial`.
@@ -236,14 +241,14 @@ def _run_locked(config, points, strategy, experiment_dir, quiet, restart, role, 
                           oracle=oracle, distribution_strategy=strategy)
 
     if config.distribute.parallel_trials > 1 and role is None:
-        _search_with_local_workers(make_tuner, config, experiment_dir)
+        _search_with_local_workers(make_tuner, oracle, config, experiment_dir)
     else:
         make_tuner().search()
     return study_rows(experiment_dir, points)
 
 
-def _search_with_local_workers(make_tuner, config, experiment_dir):
-    """Serves the oracle as the chief of ``parallel_trials`` workers on loopback."""
+def _search_with_local_workers(make_tuner, oracle, config, experiment_dir):
+    """Serves ``oracle`` as the chief of ``parallel_trials`` workers on loopback."""
     saved_environment = dict(os.environ)
     address = f"{workers.LOOPBACK}:{workers.free_port()}"
     workers.set_role("chief", address)
@@ -257,12 +262,12 @@ def _search_with_local_workers(make_tuner, config, experiment_dir):
         cpu_only = not tf.config.list_physical_devices("GPU")
         codes = workers.run_local_workers(os.path.join(experiment_dir, "config.yaml"), count, address,
                                           threads=workers.threads_per_worker(count) if cpu_only else None)
-        # keras-tuner's chief checks every 20 s whether all trials have ended.
-        chief.join(timeout=60)
     finally:
         os.environ.clear()
         os.environ.update(saved_environment)
-    if any(codes) or chief.is_alive():
+    # Not chief.join(): keras-tuner's chief looks every 20 s for busy workers before it
+    # stops serving (a daemon thread; it ends by itself). The oracle knows already.
+    if any(codes) or not oracle.finished():
         raise RuntimeError(f"the workers exited (status {codes}) before the study finished; "
                            "run the same command again to resume")
 
