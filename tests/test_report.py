@@ -468,7 +468,8 @@ def test_that_a_digits_study_gets_every_figure_and_both_tables(tmp_path):
 
 def test_that_events_read_as_tensorboard_reads_them_from_several_files_and_formats(tmp_path):
     """Two writers' files, float32 and float64 scalars, a legacy ``simple_value``, a kept and
-    a dropped histogram, steps out of order: `read_events` gives TensorBoard's values."""
+    a dropped histogram, a scalar whose plugin is named only by the second file, steps out
+    of order: `read_events` gives TensorBoard's values."""
     kept = tags.jacobian("dense_1", "singular_values")
     for writer_number, steps in enumerate(((20, 0), (10,))):
         writer = tf.summary.create_file_writer(str(tmp_path), filename_suffix=f".{writer_number}")
@@ -477,6 +478,8 @@ def test_that_events_read_as_tensorboard_reads_them_from_several_files_and_forma
                 tf.summary.scalar("val_accuracy", 0.1 + step / 3, step=step)
                 tf.summary.write("double_scalar", tf.constant(step / 7, tf.float64), step=step,
                                  metadata=scalar_metadata.create_summary_metadata(None, None))
+                tf.summary.write("named_late", tf.constant(step / 3), step=step, metadata=(
+                    scalar_metadata.create_summary_metadata(None, None) if writer_number else None))
                 tf.summary.histogram(kept, np.arange(step + 3.0), step=step)
                 tf.summary.histogram("weights/dense_1/kernel", np.ones(4) * step, step=step)
                 legacy = tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(
@@ -492,7 +495,7 @@ def test_that_events_read_as_tensorboard_reads_them_from_several_files_and_forma
     # TensorBoard's accumulator keeps a legacy value apart; its loader converts it, as does ours.
     legacy = sorted(accumulator.Scalars("legacy_loss"), key=lambda e: e.step)
     expected["legacy_loss"] = ([e.step for e in legacy], [np.float32(e.value) for e in legacy])
-    assert set(read.scalars) == {"val_accuracy", "double_scalar", "legacy_loss"}
+    assert set(read.scalars) == {"val_accuracy", "double_scalar", "legacy_loss", "named_late"}
     for tag, (steps, values) in read.scalars.items():
         assert steps.tolist() == expected[tag][0] == [0, 10, 20]
         assert values.tolist() == [float(v) for v in expected[tag][1]]

@@ -57,24 +57,49 @@ def read_events(run_dir):
     value of every tag, the weight and gradient histograms among them, and
     took twice as long for a 108-trial study's runs.
     """
-    plugins, values = {}, collections.defaultdict(list)
+    # Per tag: "scalars", "histograms" (one of `HISTOGRAMS`) or None (not kept), decided by
+    # its first value that names a plugin. Values are converted as they are read, and those
+    # of tags not kept skipped: a long study's runs hold a million values.
+    kinds = {}
+    pending = collections.defaultdict(list)  # values read before their tag's plugin was named
+    kept = {"scalars": collections.defaultdict(list), "histograms": collections.defaultdict(list)}
     for path in sorted(glob.glob(os.path.join(run_dir, "*tfevents*"))):
         for event in EventFileLoader(path).Load():
+            step = event.step
             for value in event.summary.value:
-                # A tag's plugin is named by the metadata of its first value.
-                if value.tag not in plugins and value.metadata.plugin_data.plugin_name:
-                    plugins[value.tag] = value.metadata.plugin_data.plugin_name
-                values[value.tag].append((event.step, value.tensor))
+                tag = value.tag
+                if tag not in kinds:
+                    plugin = value.metadata.plugin_data.plugin_name
+                    if not plugin:
+                        pending[tag].append((step, value.tensor))
+                        continue
+                    kinds[tag] = _kind(plugin, tags.current(tag))
+                    for point in pending.pop(tag, ()):
+                        _keep(kept, kinds[tag], tag, *point)
+                _keep(kept, kinds[tag], tag, step, value.tensor)
     scalars, histograms = {}, {}
-    for tag, points in values.items():
+    for tag, points in kept["scalars"].items():
         points.sort(key=lambda point: point[0])
-        name = tags.current(tag)  # runs of earlier versions are read under today's names
-        if plugins.get(tag) == "scalars":
-            scalars[name] = (np.array([step for step, _ in points], float),
-                             np.array([_scalar(tensor) for _, tensor in points]))
-        elif plugins.get(tag) == "histograms" and name.startswith(HISTOGRAMS):
-            histograms[name] = [(step, make_ndarray(tensor)) for step, tensor in points]
+        scalars[tags.current(tag)] = (np.array([step for step, _ in points], float),
+                                      np.array([value for _, value in points]))
+    for tag, points in kept["histograms"].items():
+        points.sort(key=lambda point: point[0])
+        histograms[tags.current(tag)] = [(step, make_ndarray(tensor)) for step, tensor in points]
     return Events(scalars, histograms)
+
+
+def _kind(plugin, name):
+    """What `read_events` keeps of a tag: "scalars", "histograms" or None."""
+    if plugin == "scalars" or (plugin == "histograms" and name.startswith(HISTOGRAMS)):
+        return plugin
+    return None
+
+
+def _keep(kept, kind, tag, step, tensor):
+    if kind == "scalars":
+        kept[kind][tag].append((step, _scalar(tensor)))
+    elif kind:
+        kept[kind][tag].append((step, tensor))
 
 
 def _scalar(tensor):
