@@ -132,7 +132,7 @@ def threads_per_worker(count):
 
     Workers that train on the CPU compete for its cores: each gets its share,
     at least one. (A network this small gains little from a second thread: on
-    2 cores, ``course2017_study`` took 26.5 min with two single-threaded
+    2 cores, ``course2017_study`` took 25.0 min with two single-threaded
     workers and 47.1 min in one process with both threads.)
     """
     return max(1, len(os.sched_getaffinity(0)) // count)
