@@ -96,6 +96,7 @@ def _kind(plugin, name):
 
 
 def _keep(kept, kind, tag, step, tensor):
+    """Adds a value of a tag of ``kind`` to `read_events`' lists: a scalar as a float."""
     if kind == "scalars":
         kept[kind][tag].append((step, _scalar(tensor)))
     elif kind:
