@@ -88,7 +88,7 @@ def test_that_pack_off_and_a_maximum_bound_the_branches():
     config = load_config(QUICKSTART, ["study.factors={bn: [none, before, after], seed: [0, 1]}"])
     points = design_points(config)
     sizes = {setting: [len(pack.branches) for pack in plan_packs(
-        load_config(QUICKSTART, [f"study.factors={{bn: [none, before, after], seed: [0, 1]}}",
+        load_config(QUICKSTART, ["study.factors={bn: [none, before, after], seed: [0, 1]}",
                                  f"train.pack={setting}"]), points)]
              for setting in ("auto", "off", 2)}
     # Ordered by their first point: (none, 0), (none, 1), (after, 0), (after, 1).
