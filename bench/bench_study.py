@@ -82,14 +82,12 @@ def end_to_end(data, steps, folder):
 def throughput(data, steps, batch_sizes, folder):
     """Rows (batch, variant, trials, steps/s, trial-steps/s, ratios to the two peers) measured
     in this process."""
-    import keras
-
     from tfbn.config import load_config
     from tfbn.data import load_data
     from tfbn.design import apply_factors, run_name
     from tfbn.training import Target, train_pack
     sys.path.insert(0, str(ROOT / "bench"))
-    from plain_keras_study import network, training_pipeline
+    from plain_keras_study import fit, network, training_pipeline
 
     base = load_config(ROOT / "configs" / "quickstart.yaml", [
         "data.source=idx", f"data.path={data}", f"train.steps={steps}", "train.eval_every=100"])
@@ -102,12 +100,7 @@ def throughput(data, steps, batch_sizes, folder):
         for autotune in (True, False):
             train = training_pipeline(dataset.x_train, dataset.y_train, batch, autotune)
             start = time.monotonic()
-            model = network("sigmoid", "before")
-            model.compile(keras.optimizers.SGD(0.01),
-                          keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=["accuracy"], steps_per_execution=32)
-            model.fit(train, steps_per_epoch=100, epochs=steps // 100,
-                      validation_data=(dataset.x_test, dataset.y_test), verbose=0)
+            fit(network("sigmoid", "before"), train, dataset.x_test, dataset.y_test, steps)
             peers.append(steps / (time.monotonic() - start))
         for label, rate in zip(("plain-Keras peer (fit + validation)", "  the same, autotune off"),
                                peers):

@@ -51,6 +51,16 @@ def training_pipeline(x, y, batch_size, autotune=True):
     return train.prefetch(1).with_options(options)
 
 
+def fit(model, train, x_test, y_test, steps):
+    """Trains ``model`` as the script does: `fit` with SGD 0.01, ``steps_per_execution=32``
+    and validation on the whole test split every 100 steps. Returns `fit`'s history."""
+    model.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], steps_per_execution=32)
+    return model.fit(train, steps_per_epoch=100, epochs=steps // 100,
+                     validation_data=(x_test, y_test), verbose=0)
+
+
 def network(activation, bn):
     layers = [keras.Input((784,))]
     for _ in range(2):
@@ -83,12 +93,7 @@ def main():
     for activation in args.activations:
         for bn in ("none", "before", "after"):
             start = time.monotonic()
-            model = network(activation, bn)
-            model.compile(keras.optimizers.SGD(0.01),
-                          keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=["accuracy"], steps_per_execution=32)
-            history = model.fit(train, steps_per_epoch=100, epochs=args.steps // 100,
-                                validation_data=(x_test, y_test), verbose=0)
+            history = fit(network(activation, bn), train, x_test, y_test, args.steps)
             print(f"{activation:8s} {bn:6s} test acc {history.history['val_accuracy'][-1]:.4f}  "
                   f"{time.monotonic() - start:.1f} s", flush=True)
 
