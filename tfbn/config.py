@@ -109,7 +109,8 @@ class ModelConfig:
         "before", "the paper places BN before the activation; renorm: Batch Renormalization there; "
                   "noisy: BN there followed by a per-step shift of each unit's distribution")
     leaky_slope: float = _field(0.2, "negative slope of lrelu (course project: 0.2)")
-    bn_momentum: float = _field(0.999, "momentum of BN's moving statistics (course project)", _check_fraction)
+    bn_momentum: float = _field(0.99, "momentum of BN's moving statistics (Keras's; the course project: 0.999)",
+                                _check_fraction)
     bn_epsilon: float = _field(1e-3, "added to BN's variance (course project)", _check_positive)
     noise_shift: tuple[float, ...] = _field(
         (0.0, 1.0), "noisy BN: low and high of each unit's uniform shift, drawn every step",
