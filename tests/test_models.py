@@ -44,7 +44,8 @@ def test_that_bn_layers_take_the_configured_momentum_and_epsilon():
         layer = model.get_layer(f"bn_{i}")
         assert layer.momentum == 0.9 and layer.epsilon == 1e-5
     default = tfbn.build_mlp((20,), 3, HIDDEN).get_layer("bn_1")
-    assert default.momentum == 0.999 and default.epsilon == 1e-3
+    assert default.momentum == keras.layers.BatchNormalization().momentum == 0.99
+    assert default.epsilon == 1e-3
 
 
 def test_that_lrelu_uses_the_configured_slope():
@@ -122,3 +123,62 @@ def test_that_the_config_chooses_the_hidden_and_the_logits_initializers():
 def test_that_an_unknown_initializer_names_the_choices():
     with pytest.raises(tfbn.errors.ConfigError, match="course, glorot, he"):
         tfbn.models.initializer_from("xavier")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"input_shape": (8, 8)}, r"^input_shape=\(8, 8\): build_mlp takes flat examples; pass input_shape=\(64,\) "
+                              r"and reshape the data to \(n, 64\)$"),
+    ({"input_shape": "64"}, r"^input_shape='64': give the width of one flat example, e\.g\. input_shape=\(64,\)$"),
+    ({"hidden_units": "100"}, r"^hidden_units='100': give the width of each hidden layer, at least one,"),
+    ({"hidden_units": 100}, r"^hidden_units=100: .*e\.g\. hidden_units=\(100, 100\)$"),
+    ({"hidden_units": ()}, r"^hidden_units=\(\): give the width of each hidden layer, at least one"),
+    ({"hidden_units": (100, 0)}, r"^hidden_units=\(100, 0\): .*positive integers"),
+    ({"num_classes": 0}, r"^num_classes=0: give a positive integer, e\.g\. num_classes=10$"),
+    ({"seed": None}, r"^seed=None: give an integer, e\.g\. seed=0; for a fresh network, seed=random\.randrange"),
+    ({"seed": 1.5}, r"^seed=1\.5: give an integer"),
+    ({"seed": True}, r"^seed=True: give an integer"),
+    ({"kernel_initializer": "glorotx"}, r"^kernel_initializer='glorotx': unknown initializer; choose one of: "
+                                        r"course, glorot, he, a Keras initializer name such as 'he_normal'"),
+    ({"logits_initializer": [0.1]}, r"^logits_initializer=\[0\.1\]: give an initializer name, a std"),
+    ({"activation": 3}, r"^unknown activation 3; choose one of: .*, or a callable such as keras\.activations\.gelu$"),
+])
+def test_that_each_bad_argument_gets_one_line_naming_it_and_the_fix(arguments, message):
+    with pytest.raises(tfbn.errors.ConfigError, match=message):
+        tfbn.build_mlp(**arguments)
+
+
+def test_that_an_integer_input_shape_is_the_width_of_a_flat_example():
+    model = tfbn.build_mlp(64, 10, HIDDEN, seed=np.int64(2))
+    assert model.input_shape == (None, 64)
+    reference = tfbn.build_mlp((64,), 10, HIDDEN, seed=2).get_layer("dense_1").kernel.numpy()
+    assert model.get_layer("dense_1").kernel.numpy().tobytes() == reference.tobytes()
+
+
+@pytest.mark.parametrize("initializer", [
+    "he", "he_normal", "HeNormal", keras.initializers.HeNormal, keras.initializers.HeNormal(seed=99)])
+def test_that_a_keras_initializer_by_name_class_or_object_draws_with_each_layers_seed(initializer):
+    model = tfbn.build_mlp((20,), 3, HIDDEN, bn="after", seed=5, kernel_initializer=initializer)
+    for i, (name, shape) in enumerate([("dense_1", (20, 16)), ("dense_2", (16, 8)), ("logits", (8, 3))], start=1):
+        expected = keras.initializers.HeNormal(seed=5 + i)(shape).numpy()
+        assert model.get_layer(name).kernel.numpy().tobytes() == expected.tobytes()
+
+
+def test_that_an_initializer_without_a_seed_is_used_as_it_is():
+    model = tfbn.build_mlp((20,), 3, HIDDEN, kernel_initializer="glorot",
+                           logits_initializer=keras.initializers.Zeros())
+    assert not model.get_layer("logits").kernel.numpy().any()
+    limit = np.sqrt(6 / (20 + 16))  # Glorot uniform on dense_1
+    kernel = model.get_layer("dense_1").kernel.numpy()
+    assert np.abs(kernel).max() <= limit and kernel.std() == pytest.approx(limit / np.sqrt(3), rel=0.1)
+
+
+def test_that_an_activation_callable_is_the_nonlinearity_of_every_block():
+    x = np.random.default_rng(0).normal(size=(5, 20)).astype("float32")
+    by_name = tfbn.build_mlp((20,), 3, HIDDEN, "relu", "after", seed=1)
+    by_callable = tfbn.build_mlp((20,), 3, HIDDEN, keras.activations.relu, "after", seed=1)
+    np.testing.assert_array_equal(by_callable(x), by_name(x))
+    doubled = tfbn.build_mlp((20,), 3, HIDDEN, lambda t: 2 * t, "none", seed=1)
+    linear = tfbn.build_mlp((20,), 3, HIDDEN, "linear", "none", seed=1)
+    hidden = keras.Model(linear.input, linear.get_layer("act_2").output)
+    hidden_doubled = keras.Model(doubled.input, doubled.get_layer("act_2").output)
+    np.testing.assert_allclose(hidden_doubled(x), 4 * hidden(x), rtol=1e-5)

@@ -20,6 +20,7 @@ Block order per hidden layer:
 """
 
 import math
+import numbers
 
 import keras
 import tensorflow as tf
@@ -75,7 +76,7 @@ def build_mlp(
     *,
     seed=0,
     leaky_slope=0.2,
-    bn_momentum=0.999,
+    bn_momentum=0.99,
     bn_epsilon=1e-3,
     bn_synchronized=False,
     noise_shift=(0.0, 1.0),
@@ -90,32 +91,49 @@ def build_mlp(
     identical kernels.
 
     Args:
-        input_shape: Shape of one flattened example.
+        input_shape: Width of one flat example, ``(n,)`` or ``n``; reshape
+            images to vectors first (8x8 digits: ``(64,)``).
         num_classes: Number of output logits.
-        hidden_units: Width of each hidden layer, e.g. ``(100, 100, 100)``.
+        hidden_units: Width of each hidden layer, e.g. ``(100, 100, 100)``; at
+            least one, since BN's placement is a property of the hidden blocks.
         activation: One of ``lrelu``, ``relu``, ``sigmoid``, ``softplus``,
-            ``tanh`` (``linear`` is accepted for checks with a known answer).
+            ``tanh`` (``linear`` is accepted for checks with a known answer), or
+            a callable such as ``keras.activations.gelu``.
         bn: Where Batch Normalization goes: ``"none"``, ``"before"`` or
             ``"after"`` the activation, or ``"renorm"``: Batch Renormalization
             (`tfbn.renorm.BatchRenormalization`, with the paper's schedule)
             before the activation, or ``"noisy"``: BN before the activation
             followed by `tfbn.noise.DistributionShift` (Santurkar et al. 2018).
-        seed: Seed of the kernel initializers; layer ``i`` uses ``seed + i``.
+        seed: Integer seed of the kernel initializers; layer ``i`` uses
+            ``seed + i``. There is no unseeded mode, since comparisons rest on
+            identical kernels; for a fresh network pass e.g.
+            ``random.randrange(2**31)``.
         leaky_slope: Negative slope of ``lrelu``.
-        bn_momentum: Momentum of BN's moving mean and variance.
+        bn_momentum: Momentum of BN's moving mean and variance (Keras's
+            default). They average over about ``1 / (1 - bn_momentum)`` steps:
+            100 at 0.99; at 0.999 (the 2017 course project's) 1,000, which lag
+            behind the changing weights in short runs.
         bn_epsilon: Epsilon added to BN's variance.
         bn_synchronized: Under a distribution strategy, normalize by the
             statistics of the global batch rather than each replica's slice.
         noise_shift: ``(low, high)`` of noisy BN's per-unit uniform shift.
         noise_scale: ``(low, high)`` of noisy BN's per-unit uniform scale.
-        kernel_initializer: ``None`` for the course project's truncated normal
-            with std ``sqrt(2 / fan_in)``, or a callable ``(fan_in, seed)`` that
-            returns a Keras initializer (`initializer_from` makes one from a name).
+        kernel_initializer: The hidden Dense kernels' initializer: ``None`` or
+            ``"course"`` for the course project's truncated normal with std
+            ``sqrt(2 / fan_in)``; ``"glorot"`` or ``"he"`` (`initializer_from`);
+            a positive number, a truncated normal's std; a Keras initializer
+            name (``"he_normal"``) or object, which each layer copies with its
+            own seed ``seed + i`` (the object's own seed is not used); or a
+            callable ``(fan_in, seed)`` that returns a Keras initializer.
         logits_initializer: The same for the ``logits`` layer; ``None``: as
             ``kernel_initializer``.
 
     Returns:
-        An uncompiled `MLP` that maps images to logits.
+        An uncompiled `MLP` that maps examples to logits: compile it with a loss
+        that takes logits.
+
+    Raises:
+        ConfigError: An argument is not one of the forms above.
 
     Example:
 
@@ -124,12 +142,19 @@ def build_mlp(
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     ```
     """
-    _check_choice("activation", activation, ACTIVATIONS)
+    width = _input_width(input_shape)
+    hidden_units = _hidden_widths(hidden_units)
+    num_classes = _integer("num_classes", num_classes, "num_classes=10", positive=True)
+    seed = _integer("seed", seed, "seed=0; for a fresh network, seed=random.randrange(2**31)")
+    if not callable(activation):
+        _check_choice("activation", activation, ACTIVATIONS, "or a callable such as keras.activations.gelu")
     _check_choice("bn", bn, BN_PLACEMENTS)
-    make_initializer = kernel_initializer or course_initializer
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    make_initializer = _initializer_factory("kernel_initializer", kernel_initializer)
+    make_logits_initializer = (make_initializer if logits_initializer is None
+                               else _initializer_factory("logits_initializer", logits_initializer))
+    inputs = keras.Input(shape=(width,), name="input")
     x = inputs
-    fan_in = math.prod(input_shape)
+    fan_in = width
     for i, units in enumerate(hidden_units, start=1):
         x = keras.layers.Dense(
             units,
@@ -147,7 +172,7 @@ def build_mlp(
         fan_in = units
     logits = keras.layers.Dense(
         num_classes,
-        kernel_initializer=(logits_initializer or make_initializer)(fan_in, seed + len(hidden_units) + 1),
+        kernel_initializer=make_logits_initializer(fan_in, seed + len(hidden_units) + 1),
         name="logits",
     )(x)
     return MLP(inputs, logits, name=f"mlp_bn_{bn}")
@@ -222,8 +247,69 @@ def _activation(name, leaky_slope, layer_name):
     return keras.layers.Activation(name, name=layer_name)
 
 
-def _check_choice(what, value, choices):
+def _input_width(input_shape):
+    shape = (input_shape,) if _is_integer(input_shape) else input_shape
+    if not (isinstance(shape, (tuple, list)) and shape and all(_is_integer(d) and d > 0 for d in shape)):
+        raise ConfigError(f"input_shape={input_shape!r}: give the width of one flat example, e.g. input_shape=(64,)")
+    if len(shape) > 1:
+        width = math.prod(shape)
+        raise ConfigError(f"input_shape={tuple(shape)}: build_mlp takes flat examples; pass "
+                          f"input_shape=({width},) and reshape the data to (n, {width})")
+    return int(shape[0])
+
+
+def _hidden_widths(hidden_units):
+    widths = tuple(hidden_units) if isinstance(hidden_units, (tuple, list)) else ()
+    if not widths or not all(_is_integer(w) and w > 0 for w in widths):
+        raise ConfigError(f"hidden_units={hidden_units!r}: give the width of each hidden layer, at least one, "
+                          "as positive integers, e.g. hidden_units=(100, 100)")
+    return tuple(int(w) for w in widths)
+
+
+def _integer(argument, value, example, positive=False):
+    if not _is_integer(value) or (positive and value < 1):
+        raise ConfigError(f"{argument}={value!r}: give {'a positive integer' if positive else 'an integer'}, "
+                          f"e.g. {example}")
+    return int(value)
+
+
+def _is_integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _initializer_factory(argument, choice):
+    """``choice`` (see `build_mlp`'s ``kernel_initializer``) as a ``(fan_in, seed)`` -> initializer callable."""
+    if choice is None:
+        return course_initializer
+    if isinstance(choice, keras.initializers.Initializer) or (
+            isinstance(choice, type) and issubclass(choice, keras.initializers.Initializer)) or (
+            isinstance(choice, str) and choice not in INITIALIZERS):
+        try:
+            initializer = keras.initializers.get(choice)
+        except ValueError:
+            raise ConfigError(
+                f"{argument}={choice!r}: unknown initializer; choose one of: {', '.join(INITIALIZERS)}, "
+                "a Keras initializer name such as 'he_normal', or a keras.initializers object") from None
+        return lambda fan_in, seed: _reseeded(initializer, seed)
+    if isinstance(choice, (str, numbers.Real)) and not isinstance(choice, bool):
+        return initializer_from(choice)
+    if callable(choice):
+        return choice
+    raise ConfigError(f"{argument}={choice!r}: give an initializer name, a std, a keras.initializers object "
+                      "or a callable (fan_in, seed) -> initializer")
+
+
+def _reseeded(initializer, seed):
+    """A copy of a Keras initializer that draws with ``seed`` (one without a seed, e.g. Zeros, as it is)."""
+    config = initializer.get_config()
+    if "seed" in config:
+        config["seed"] = seed
+    return type(initializer).from_config(config)
+
+
+def _check_choice(what, value, choices, alternative=None):
     if value not in choices:
         raise ConfigError(
             f"unknown {what} {value!r}; choose one of: {', '.join(choices)}"
+            + (f", {alternative}" if alternative else "")
         )
