@@ -5,8 +5,9 @@ import time
 import urllib.request
 
 import pytest
+from tensorboard.plugins.hparams import api_pb2
 
-from tfbn.hparams import METRICS
+from tfbn.hparams import METRICS, read_definition, write_experiment
 from tfbn.results import RESULT_COLUMNS, TrialResult
 from tfbn.run import main
 from tfbn.sweep import result_columns
@@ -49,9 +50,10 @@ def session_groups(url, expected):
 
 def test_that_two_studies_in_one_log_dir_never_share_an_hparams_session_group(tmp_path):
     # Same factor values in both studies, different lengths: grouping them would average.
+    # Seeds 10 and 9 sort the other way as text.
     short = run_study(tmp_path, "short", "train.steps=200", "study.factors.bn=[none,before]")
     long = run_study(tmp_path, "long", "train.steps=400", "train.threshold=0.05",
-                     "study.factors={bn: [before], seed: [0, 1]}")
+                     "study.factors={bn: [before], seed: [10, 9]}")
     rows = {f"short/{run}": row for run, row in short.items()}
     rows |= {f"long/{run}": row for run, row in long.items()}
     with tensorboard_server(tmp_path) as url:
@@ -67,27 +69,52 @@ def test_that_two_studies_in_one_log_dir_never_share_an_hparams_session_group(tm
         assert metrics["hparams/final_accuracy"] == pytest.approx(float(row["final_accuracy"]), rel=1e-6)
         assert metrics["accuracy/test"] == pytest.approx(float(row["final_accuracy"]), rel=1e-6)
         assert "loss/test" in metrics
+        # Every trial has the metrics shown by default, so parallel coordinates draws it.
+        assert set(list(METRICS)[:5]) <= set(metrics)
         if row["steps_to_threshold"]:
             assert metrics["hparams/steps_to_threshold"] == float(row["steps_to_threshold"])
         else:  # never reached: missing, not a number that sorts among the real ones
             assert "hparams/steps_to_threshold" not in metrics
-    assert "hparams/steps_to_threshold" in {m["name"]["tag"] for m in groups["long/bn=before,seed=1"]["metricValues"]}
-    assert groups["long/bn=before,seed=1"]["hparams"] == {"bn": "before", "seed": "1"}
-    # TensorBoard shows one study's definition: each level once, integers as integers,
-    # constants in the description rather than in a column.
+    assert "hparams/steps_to_threshold" in {m["name"]["tag"] for m in groups["long/bn=before,seed=9"]["metricValues"]}
+    # Levels are numbers where they are numbers, so they sort as such.
+    assert groups["long/bn=before,seed=9"]["hparams"] == {"bn": "before", "seed": 9}
+    assert groups["short/bn=none"]["hparams"] == {"bn": "none"}
+    # Each study's definition lists every study's factors, its own first and shown
+    # (differing), each level once, numbers ordered as numbers, constants in the
+    # description, not in a column; TensorBoard serves one of them.
+    own = {study: read_definition(tmp_path / study) for study in ("long", "short")}
+    for definition in own.values():
+        assert definition.description == "Constant in every trial: bn_sync=True"
+        assert [m.name.tag for m in definition.metric_infos] == list(METRICS)
+    assert [(i.name, i.differs) for i in own["long"].hparam_infos] == [("bn", True), ("seed", True)]
+    assert [(i.name, i.differs) for i in own["short"].hparam_infos] == [("bn", True), ("seed", False)]
     infos = {info["name"]: info for info in experiment["hparamInfos"]}
-    assert "bn_sync" not in infos
-    assert "bn_sync=True" in experiment["description"]
-    if "seed" in infos:
-        assert infos["seed"]["domainDiscrete"] == ["0", "1"]
-    else:
-        assert sorted(infos["bn"]["domainDiscrete"]) == ["before", "none"]
+    assert experiment["description"] == "Constant in every trial: bn_sync=True"
+    assert set(infos) == {"bn", "seed"}
+    assert sorted(infos["bn"]["domainDiscrete"]) == ["before", "none"]
+    assert infos["seed"]["type"] == "DATA_TYPE_FLOAT64"
+    assert infos["seed"]["domainDiscrete"] == [9, 10]
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == list(METRICS)
+
+
+def test_that_a_study_of_six_factors_shows_its_five_design_factors_and_its_seed_last(tmp_path):
+    levels = {"activation": ["relu", "tanh"], "optimizer": ["sgd"], "batch_size": [64, 4, 16],
+              "test_ratio": ["1:1", "1:9"], "bn": ["none", "before"], "seed": [0, 1], "model.width": [8, 16]}
+    (tmp_path / "study").mkdir()
+    write_experiment(str(tmp_path / "study"), levels, constants={})
+    experiment = read_definition(tmp_path / "study")
+    infos = {info.name: info for info in experiment.hparam_infos}
+    # The dashboard shows five: those that differ, then by name; one level differs in nothing.
+    assert sorted(name for name, info in infos.items() if info.differs) == [
+        "activation", "batch_size", "bn", "model.width", "test_ratio"]
+    assert [v.number_value for v in infos["batch_size"].domain_discrete.values] == [4, 16, 64]
+    assert infos["model.width"].type == api_pb2.DATA_TYPE_FLOAT64
 
 
 def test_that_the_hparams_metrics_and_the_results_columns_come_from_one_trial_result():
     assert RESULT_COLUMNS == tuple(f.name for f in dataclasses.fields(TrialResult))
     assert result_columns({"bn": "none"}) == ("trial", "run", "bn", *RESULT_COLUMNS)
     assert RESULT_COLUMNS[-1] == "message"  # the header of earlier runs' results.csv
-    assert [m for m in METRICS if m.startswith("hparams/")] == [
-        "hparams/final_accuracy", "hparams/best_accuracy", "hparams/steps_to_threshold",
-        "hparams/diverged"]
+    assert list(METRICS) == [
+        "hparams/final_accuracy", "hparams/best_accuracy", "accuracy/test", "loss/test",
+        "hparams/diverged", "hparams/steps_to_threshold"]
