@@ -14,18 +14,20 @@ def test_that_the_layout_has_a_chart_per_layer_of_each_recorded_instrument():
     config = load_config(QUICKSTART, ["log.instruments=[gradients, jacobian, ics]", "model.depth=3"])
     layout = study_layout(config)
     assert [c.title for c in layout.category] == [
-        "quickstart: accuracy and loss", "quickstart: gradient norm per layer",
-        "quickstart: Jacobian mean squared singular value", "quickstart: internal covariate shift ||G - G'||"]
+        "accuracy and loss", "gradient norm per layer",
+        "Jacobian mean squared singular value", "internal covariate shift ||G - G'||"]
     assert [chart.title for chart in layout.category[1].chart] == ["dense_1", "dense_2", "dense_3", "logits"]
     assert list(layout.category[2].chart[0].multiline.tag) == [r"^jacobian/network/mean_square$"]
     assert [chart.title for chart in layout.category[3].chart] == ["dense_2", "dense_3", "logits"]
 
 
-def test_that_tensorboard_serves_the_layout_and_every_chart_matches_each_trials_tags(tmp_path):
-    assert main(["--config", QUICKSTART, "--quiet", "--no-report", "--set", f"log.dir={tmp_path}",
-                 "--set", "train.steps=200", "--set", "train.eval_every=100",
-                 "--set", "log.jacobian_every=100"]) == 0
-    trials = ["quickstart/bn=none", "quickstart/bn=before", "quickstart/bn=after"]
+def test_that_tensorboard_serves_each_chart_once_for_two_studies_and_it_matches_every_trials_tags(tmp_path):
+    for experiment, bn, steps in (("quickstart", "[none, before, after]", 200), ("other", "[before]", 100)):
+        assert main(["--config", QUICKSTART, "--quiet", "--no-report", "--set", f"log.dir={tmp_path}",
+                     "--set", f"experiment={experiment}", "--set", f"study.factors.bn={bn}",
+                     "--set", f"train.steps={steps}", "--set", "train.eval_every=100",
+                     "--set", "log.jacobian_every=100"]) == 0
+    trials = ["quickstart/bn=none", "quickstart/bn=before", "quickstart/bn=after", "other/bn=before"]
     with tensorboard_server(tmp_path) as url:
         deadline = time.monotonic() + 90
         while True:
@@ -38,13 +40,16 @@ def test_that_tensorboard_serves_the_layout_and_every_chart_matches_each_trials_
                 pass
             assert time.monotonic() < deadline, "TensorBoard did not serve the layout in 90 s"
             time.sleep(0.5)
+    # Both studies wrote the same layout: TensorBoard shows it once.
     titles = [category["title"] for category in layout["category"]]
-    assert titles == ["quickstart: accuracy and loss", "quickstart: gradient norm per layer",
-                      "quickstart: kernel norm per layer", "quickstart: Jacobian mean squared singular value",
-                      "quickstart: median input of each nonlinearity"]
+    assert titles == ["accuracy and loss", "gradient norm per layer", "kernel norm per layer",
+                      "Jacobian mean squared singular value", "median input of each nonlinearity"]
+    assert [chart["title"] for chart in layout["category"][1]["chart"]] == [
+        "dense_1", "dense_2", "logits"]
     for category in layout["category"]:
         for chart in category["chart"]:
             [pattern] = chart["multiline"]["tag"]
-            # Every arm draws a line on every chart (BN's own measures aside, all are shared).
+            # Every arm of either study draws a line on every chart (BN's own measures
+            # aside, all are shared); the run filter selects a study.
             for run in trials:
                 assert any(re.search(pattern, tag) for tag in tags[run]), (chart["title"], run)

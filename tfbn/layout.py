@@ -4,8 +4,11 @@ TensorBoard's Scalars tab draws one card per tag and run group, so telling BN
 before from after means hovering over lines. The Custom Scalars tab draws a
 multi-line chart per entry of a layout, every run whose tag matches on the
 same axes; `write_layout` writes one such chart per key measure and layer of
-the instruments a study records. Charts match runs of every study in the log
-directory; TensorBoard's run filter (e.g. ``course2017_study/``) narrows them.
+the instruments a study records. A chart's regex matches its tag in every run,
+whichever study wrote it, so its title names no study: TensorBoard merges the
+layouts of every study in a log dir by category title and drops repeated
+charts, so each chart shows once however many studies share the log dir, and
+its run filter (e.g. ``course2017_study/``) selects a study.
 """
 
 import re
@@ -20,7 +23,7 @@ from tfbn import tags
 def study_layout(config):
     """The `layout_pb2.Layout` of a study, from its `tfbn.config.Config`.
 
-    Categories, titled ``<experiment>: <measure>``: test accuracy and loss;
+    Categories, titled by measure: test accuracy and loss;
     then per recorded instrument a chart per layer of gradient norms, weight
     norms, the Jacobian's mean squared singular value, the median input of
     each nonlinearity, internal covariate shift and landscape smoothness.
@@ -44,7 +47,7 @@ def study_layout(config):
     categories += [per_instrument[name] for name in per_instrument if name in config.log.instruments]
     return layout_pb2.Layout(category=[
         layout_pb2.Category(
-            title=f"{config.experiment}: {title}",
+            title=title,
             chart=[layout_pb2.Chart(
                 title=chart, multiline=layout_pb2.MultilineChartContent(tag=[f"^{re.escape(tag)}$"]))
                 for chart, tag in charts])
