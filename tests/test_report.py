@@ -1,4 +1,5 @@
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import scipy.stats
 import tensorflow as tf
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugin_util import markdown_to_safe_html
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.util.tensor_util import make_ndarray
 
@@ -461,7 +463,14 @@ def test_that_a_digits_study_gets_every_figure_and_both_tables(tmp_path):
              for tag, plugin in plugins.items() if plugin == "text"}
     assert set(texts) == {"report/config", "report/verdicts", "report/report"}
     assert texts["report/config"] == "```yaml\n" + (experiment / "config.yaml").read_text() + "```"
-    assert texts["report/report"] == report
+    # The Text tab keeps no image from a file or a data: URI: it names each figure's tag
+    # in the Images tab, with a link filtered to it, where the file has the image.
+    pointed = re.sub(r"!\[(.*?)\]\((\w+)\.png\)", lambda m: (
+        f"*Figure: {m[1]}* (Images tab, tag `report/{m[2]}`: "
+        f"[show](#images&tagFilter=%5Ereport%2F{m[2]}%28%2F%7C%24%29))"), report)
+    assert texts["report/report"] == pointed != report
+    assert set(re.findall(r"tag `(report/\w+)`", pointed)) == wholes
+    assert "<img" not in markdown_to_safe_html(texts["report/report"])
     assert texts["report/verdicts"].startswith("| claim | verdict |")
     assert "| 1. BN speeds up training and raises accuracy |" in texts["report/verdicts"]
 

@@ -32,7 +32,7 @@ from tfbn.report.render import to_html, to_markdown
 from tfbn.report.stats import CONTRADICTED, MIXED, SUPPORTED
 from tfbn.report.summaries import (CLAIMS, claim_sides, claim_verdicts, summarise_levels,
                                    summarise_mechanisms)
-from tfbn.report.tensorboard import write_report_run
+from tfbn.report.tensorboard import figure_pointer, write_report_run
 from tfbn.report.trials import load_study
 
 
@@ -72,7 +72,7 @@ def _write_report(experiment_dir):
     write_report_run(report_dir, plots, {
         "config": f"```yaml\n{config_text}```",
         "verdicts": to_markdown([table], report_dir).strip() if table else "No verdicts.",
-        "report": markdown})
+        "report": to_markdown(blocks, report_dir, image=figure_pointer)})
     return path, measures
 
 

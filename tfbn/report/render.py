@@ -41,8 +41,15 @@ class Image:
     alt: str
 
 
-def to_markdown(blocks, folder):
-    """Markdown text of the blocks; image links are relative to ``folder``."""
+def to_markdown(blocks, folder, image=None):
+    """Markdown text of the blocks; image links are relative to ``folder``.
+
+    Args:
+        blocks: The report's blocks.
+        folder: The folder the Markdown file lies in.
+        image: A function from an `Image` to the Markdown that stands for it;
+            None: the image itself.
+    """
     parts = []
     for block in blocks:
         if isinstance(block, Heading):
@@ -55,7 +62,7 @@ def to_markdown(blocks, folder):
             lines = [block.header, ["---"] * len(block.header), *block.rows]
             parts.append("\n".join("| " + " | ".join(_cell(c) for c in line) + " |" for line in lines))
         elif isinstance(block, Image):
-            parts.append(f"![{block.alt}]({os.path.relpath(block.path, folder)})")
+            parts.append(image(block) if image else f"![{block.alt}]({os.path.relpath(block.path, folder)})")
     return "\n\n".join(parts) + "\n"
 
 

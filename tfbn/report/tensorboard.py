@@ -1,12 +1,27 @@
-"""The report as a TensorBoard run: its figures in the Images tab, its text in the Text tab."""
+"""The report as a TensorBoard run: its figures in the Images tab, its text in the Text tab.
+
+TensorBoard's Text tab sanitizes Markdown: it keeps an image only from an
+``http(s)`` address, so neither a file beside the report nor a ``data:`` URI
+shows, and an image's own address in the Images tab is an opaque key of the
+running server. The report in the Text tab names each figure's tag instead,
+with a link that opens the Images tab filtered to it.
+"""
 
 import glob
 import os
+import urllib.parse
 
 import tensorflow as tf
 
 # Tags are ``report/<name>``, so that the report forms its own group in each tab.
 GROUP = "report"
+
+
+def figure_pointer(image):
+    """The Text tab's Markdown for a report figure (`tfbn.report.render.Image`): its tag in the Images tab."""
+    tag = f"{GROUP}/{os.path.splitext(os.path.basename(image.path))[0]}"
+    query = urllib.parse.quote(f"^{tag}(/|$)", safe="")
+    return f"*Figure: {image.alt}* (Images tab, tag `{tag}`: [show](#images&tagFilter={query}))"
 
 
 def write_report_run(report_dir, plots, texts):
