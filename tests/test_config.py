@@ -75,7 +75,8 @@ def test_that_a_user_error_exits_with_status_2_and_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == ("tfbn: error: unknown key model.activaton; did you mean model.activation? "
                    "(valid keys here: depth, width, activation, bn, leaky_slope, bn_momentum, "
-                   "bn_epsilon, noise_shift, noise_scale, initializer, logits_initializer, bn_sync)\n")
+                   "bn_epsilon, noise_shift, noise_scale, initializer, logits_initializer, bn_sync, "
+                   "builder)\n")
 
 
 @pytest.mark.parametrize("args, message", [

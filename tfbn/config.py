@@ -14,7 +14,11 @@ config = tfbn.config.load_config("configs/quickstart.yaml", ["train.steps=500"])
 
 import dataclasses
 import difflib
+import importlib
+import math
+import os
 import re
+import stat
 import types
 import typing
 import warnings
@@ -38,7 +42,27 @@ FACTORS = {
     "test_ratio": ("data", "test_ratio"),
 }
 
+# Sections whose scalar keys a study may vary by their dotted path, e.g. model.bn_momentum.
+FACTOR_SECTIONS = ("model", "train", "data")
+
+# Seeds are 32-bit: NumPy's and TensorFlow's generators take 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# Keras counts steps in 32-bit integers in places.
+MAX_STEPS = 2**31 - 1
+# Training examples (steps x batch size) a trial may go through: a year at
+# 30,000 examples a second, faster than an MLP of the paper's size trains on a CPU.
+MAX_EXAMPLES = 10**12
+# The experiment folder's name, and the names tfbn derives from it (its lock file
+# ``.<experiment>.lock``, a restarted run's ``<experiment>.<date>-<time>``), fit
+# in a file name (255 bytes).
+MAX_NAME_BYTES = 200
+# Classes and features of the data sets whose sizes are known before they load:
+# ``data.source`` digits, or tensorflow-datasets names.
+KNOWN_DATA = {"digits": (10, 64), "mnist": (10, 784), "fashion_mnist": (10, 784),
+              "kmnist": (10, 784)}
+
 _RATIO = re.compile(r"^[1-9][0-9]*(:[1-9][0-9]*)+$")
+_BUILDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _check_ratio(value, key):
@@ -75,6 +99,41 @@ def _check_pack(value, key):
         raise ConfigError(f"{key}: give auto, off or a positive number of branches, got {value!r}")
 
 
+def _check_seed(value, key):
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{key}: a seed must lie in 0 .. 2**32 - 1 ({MAX_SEED}), got {value}")
+
+
+def _check_steps(value, key):
+    _check_positive(value, key)
+    if value > MAX_STEPS:
+        raise ConfigError(f"{key}: at most {MAX_STEPS} steps, got {value}; train for fewer steps")
+
+
+def _check_classes(value, key):
+    if value is None:
+        return
+    if len(value) < 2 or len(set(value)) != len(value) or min(value) < 0:
+        raise ConfigError(f"{key}: list two or more distinct labels, e.g. [0, 1], or null for "
+                          f"all classes; got {list(value)}")
+
+
+def _check_name(value, key):
+    if (value in ("", ".", "..") or "/" in value or "\\" in value or value.startswith(".")
+            or value != value.strip() or not value.isprintable()):
+        raise ConfigError(f"{key}: {value!r} is not one plain folder name; give a name without "
+                          "'/' that does not start with '.', e.g. --set experiment=my_study")
+    if len(value.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"{key}: a name of {len(value.encode())} bytes is too long for a "
+                          f"folder name; give at most {MAX_NAME_BYTES}")
+
+
+def _check_builder(value, key):
+    if value is not None and not _BUILDER.match(value):
+        raise ConfigError(f"{key}: {value!r} does not name a function; write "
+                          "package.module:function, e.g. my_models:build_cnn")
+
+
 def _field(default, why, check=None):
     """A dataclass field with a one-line reason and an optional value check."""
     return dataclasses.field(default=default, metadata={"why": why, "check": check})
@@ -90,7 +149,7 @@ class DataConfig:
     data_dir: Optional[str] = _field(None, "tensorflow-datasets data directory (its default when null)")
     path: Optional[str] = _field(None, "directory of the four IDX files when source is idx")
     classes: Optional[tuple[int, ...]] = _field(
-        None, "labels to keep, relabelled 0..k-1 in this order; null keeps all")
+        None, "labels to keep, relabelled 0..k-1 in this order; null keeps all", _check_classes)
     max_train_per_class: Optional[int] = _field(None, "cap on training examples per class", _check_positive)
     max_test_per_class: Optional[int] = _field(None, "cap on test examples per class", _check_positive)
     train_ratio: Optional[str] = _field(None, "class ratio of the training split, e.g. '1:1'", _check_ratio)
@@ -126,18 +185,23 @@ class ModelConfig:
         _check_initializer)
     bn_sync: bool = _field(True, "under several replicas, BN statistics over the global batch, "
                                  "not each replica's slice")
+    builder: Optional[str] = _field(
+        None, "package.module:function that builds the network instead of tfbn.build_mlp, "
+              "called with the keywords of build_mlp it declares (see tfbn.training.build_model)",
+        _check_builder)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Step-based training; test metrics use BN's moving statistics."""
 
-    steps: int = _field(40000, "training steps (course project: 40,000)", _check_positive)
+    steps: int = _field(40000, "training steps (course project: 40,000)", _check_steps)
     eval_every: int = _field(50, "steps between test evaluations (course project: 50)", _check_positive)
     batch_size: int = _field(64, "examples per training step (course project: 64)", _check_positive)
     optimizer: Literal["sgd", "adam"] = _field("sgd", "the course project's default")
     learning_rate: float = _field(0.01, "course project: SGD at 0.01", _check_positive)
-    seed: int = _field(0, "seeds the kernels and the order of the training batches")
+    seed: int = _field(0, "seeds the kernels and the order of the training batches (0 .. 2**32 - 1)",
+                       _check_seed)
     threshold: float = _field(0.9, "test accuracy that 'steps to threshold' waits for", _check_fraction)
     eval_batch_size: int = _field(
         1000, "examples per evaluation batch: the batches BN normalizes by in the batch-statistics mode",
@@ -189,14 +253,15 @@ class StudyConfig:
     design: Literal["full_factorial", "one_at_a_time"] = _field(
         "full_factorial", "every combination of the factor levels")
     factors: Optional[dict] = _field(
-        None, "factor name -> list of levels (names in tfbn.config.FACTORS); null: one trial")
+        None, "factor -> list of levels: a name in tfbn.config.FACTORS or a scalar key of "
+              "model, train or data by its dotted path (model.bn_momentum); null: one trial")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """A whole experiment."""
 
-    experiment: str = _field("default", "names the folder <log.dir>/<experiment>")
+    experiment: str = _field("default", "names the folder <log.dir>/<experiment>", _check_name)
     data: DataConfig = _field(DataConfig(), "the data set")
     model: ModelConfig = _field(ModelConfig(), "the network")
     train: TrainConfig = _field(TrainConfig(), "the optimisation")
@@ -211,7 +276,19 @@ class _Loader(yaml.SafeLoader):
     YAML 1.1 reads `1:9` as the base-60 integer 69, `1e-3` as a string and
     `off` as false; class ratios, learning rates and ``train.pack: off`` are
     written exactly like that. As in YAML 1.2, only true and false are booleans.
+    A key written twice in one mapping is an error, not the last one silently.
     """
+
+    def construct_mapping(self, node, deep=False):
+        seen = []  # a list: keys may be unhashable, which the base class reports
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is written twice; YAML would keep only the "
+                                "last, so write each key once", key_node.start_mark)
+            seen.append(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -244,7 +321,7 @@ def load_config(path, overrides=()):
     """Reads, overrides and validates a config file.
 
     Args:
-        path: A YAML file.
+        path: A YAML file whose top level maps section names to sections.
         overrides: Strings ``key.path=value``; the value is read as YAML.
 
     Returns:
@@ -254,29 +331,67 @@ def load_config(path, overrides=()):
         ConfigError: naming the bad key or value and the fix.
     """
     try:
-        with open(path) as f:
-            raw = parse_yaml(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
+        raw = parse_yaml(_read_text(path))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}")
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}; fix the file") from None
     raw = raw if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must map sections to keys (e.g. 'train:' "
+                          f"with 'steps: 500' under it), got {type(raw).__name__} {raw!r:.40}")
     for override in overrides:
         _apply_override(raw, override)
     return parse_config(raw)
 
 
+def _read_text(path):
+    """A config file's text. Opened without blocking, so that a named pipe is refused, not waited on."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror}); pass a YAML file "
+                          "you can read to --config") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe or a device)"
+        raise ConfigError(f"config file {path} is {kind}; pass a YAML file to --config")
+    with os.fdopen(descriptor, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at "
+                          f"offset {e.start}); save it as UTF-8") from None
+
+
+def _yaml_problem(error):
+    """A YAML error in one line: what is wrong and where."""
+    problem = getattr(error, "problem", None) or str(error)
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return " ".join(f"{problem}{where}".split())
+
+
 def _apply_override(raw, override):
     key, sep, value = override.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise ConfigError(f"--set {override!r}: write key.path=value, e.g. train.steps=500")
     *parents, leaf = key.strip().split(".")
     node = raw
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty section ('train:' alone)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"--set {override!r}: {part} is not a section")
-    node[leaf] = parse_yaml(value)
+    try:
+        node[leaf] = parse_yaml(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {override!r}: the value is not valid YAML: {_yaml_problem(e)}; "
+                          "write it as in a config file, e.g. train.steps=500 or "
+                          "'data.classes=[0, 1]'") from None
 
 
 def parse_config(raw):
@@ -331,7 +446,8 @@ def dump_config(config):
 
 def _build(cls, raw, prefix):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'the config'} must be a mapping of keys to values, got {raw!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a section of keys and "
+                          f"values (e.g. 'train: {{steps: 500}}'), got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
@@ -357,6 +473,8 @@ def coerce_value(value, field, key):
 
 
 def _coerce(value, tp, key):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value} is not a finite number; give a finite value")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
@@ -396,18 +514,94 @@ def _parse_factors(raw, key):
     if not isinstance(raw, dict):
         raise ConfigError(f"{key} must map factor names to lists of levels, e.g. bn: [none, before]")
     factors = {}
-    for name, levels in raw.items():
-        if name not in FACTORS:
-            raise ConfigError(_unknown_key_message(f"{key}.{name}", name, FACTORS))
+    for name, levels in _dotted(raw):
+        canonical = factor_name(name, f"{key}.{name}")
+        if canonical in factors:
+            raise ConfigError(f"{key}: {name} sets the same key as another factor "
+                              f"({canonical}); keep one of them")
         levels = levels if isinstance(levels, list) else [levels]
-        section, field_name = FACTORS[name]
-        section_cls = {f.name: f.type for f in dataclasses.fields(Config)}[section]
-        field = {f.name: f for f in dataclasses.fields(section_cls)}[field_name]
+        section, field_name = FACTORS.get(canonical) or canonical.split(".")
+        field = _section_fields(section)[field_name]
         parsed = tuple(coerce_value(v, field, f"{key}.{name}[{i}]") for i, v in enumerate(levels))
         if not parsed or len(set(parsed)) != len(parsed):
             raise ConfigError(f"{key}.{name}: give one or more distinct levels, got {levels!r}")
-        factors[name] = parsed
+        for i, level in enumerate(parsed):
+            if "/" in str(level):  # a level is part of its run's folder name
+                raise ConfigError(f"{key}.{name}[{i}]: {level!r} would put a '/' in a run "
+                                  "folder's name; vary a key whose values have none")
+        factors[canonical] = parsed
     return factors
+
+
+def _dotted(raw):
+    """``{model: {bn_momentum: [...]}}`` (as ``--set study.factors.model.bn_momentum=`` writes
+    it) as ``model.bn_momentum``; other entries as they are."""
+    for name, levels in raw.items():
+        if name in FACTOR_SECTIONS and isinstance(levels, dict):
+            yield from ((f"{name}.{field}", value) for field, value in levels.items())
+        else:
+            yield name, levels
+
+
+def factor_name(name, key="study.factors"):
+    """The name a study uses for a factor: a name of `FACTORS`, or a dotted key.
+
+    ``model.bn_momentum`` stays as it is; ``train.learning_rate``, which
+    `FACTORS` names already, becomes ``learning_rate``.
+
+    Raises:
+        ConfigError: the name is neither, or names a key that holds a list.
+    """
+    if name in FACTORS:
+        return name
+    aliases = {f"{section}.{field}": short for short, (section, field) in FACTORS.items()}
+    if name in aliases:
+        return aliases[name]
+    section, _, field_name = str(name).partition(".")
+    field = _section_fields(section).get(field_name) if section in FACTOR_SECTIONS else None
+    if field is None:
+        keys = [*FACTORS, *(f"{s}.{f}" for s in FACTOR_SECTIONS for f in _section_fields(s))]
+        close = difflib.get_close_matches(str(name), keys, n=1)
+        hint = f"; did you mean {key[: -len(str(name))]}{close[0]}?" if close else ""
+        raise ConfigError(f"unknown factor {key}{hint} (factors: {', '.join(FACTORS)}, or a key "
+                          f"of {', '.join(FACTOR_SECTIONS)} by its dotted path, e.g. model.bn_momentum)")
+    if any(typing.get_origin(tp) is tuple for tp in (field.type, *typing.get_args(field.type))):
+        raise ConfigError(f"{key}: {name} holds a list, and a factor's levels must be single "
+                          "values; vary a key with one value")
+    return f"{section}.{field_name}"
+
+
+def factor_field(name):
+    """The ``(section, field)`` of the config that a factor's levels replace."""
+    return FACTORS.get(name) or tuple(name.split("."))
+
+
+def load_builder(spec):
+    """The function a ``model.builder`` value names, e.g. ``my_models:build_cnn``.
+
+    Imports the module, which may import TensorFlow.
+
+    Raises:
+        ConfigError: the module cannot be imported, or holds nothing callable by that name.
+    """
+    module_name, _, function_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module may fail in any way; say how, in one line
+        cause = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ConfigError(f"model.builder {spec!r}: cannot import {module_name} ({cause}); run from "
+                          "the folder that holds it or add that folder to PYTHONPATH") from None
+    builder = getattr(module, function_name, None)
+    if not callable(builder):
+        raise ConfigError(f"model.builder {spec!r}: {module_name} has no function {function_name}; "
+                          f"name a function defined in {module.__file__}")
+    return builder
+
+
+def _section_fields(section):
+    """A section's fields by name, e.g. ``_section_fields("model")["bn_momentum"]``."""
+    section_cls = {f.name: f.type for f in dataclasses.fields(Config)}[section]
+    return {f.name: f for f in dataclasses.fields(section_cls)}
 
 
 def _choice_name(tp):
@@ -428,15 +622,14 @@ def _unknown_key_message(key, name, fields):
 
 
 def _check_consistency(config):
-    data, train = config.data, config.train
-    if data.source == "tfds" and not data.name:
+    data = config.data
+    if data.source == "tfds" and None in _values(config, "data", "name"):
         raise ConfigError("data.name: source tfds needs a data set name, e.g. mnist")
-    if data.source == "idx" and not data.path:
+    if data.source == "idx" and None in _values(config, "data", "path"):
         raise ConfigError("data.path: source idx needs the directory of the IDX files")
+    _check_known_classes(config)
     for key in ("train_ratio", "test_ratio"):
-        ratio = getattr(data, key)
-        levels = config.study.factors.get(key, ()) if config.study.factors else ()
-        for value in {ratio, *levels} - {None}:
+        for value in _values(config, "data", key) - {None}:
             parts = value.count(":") + 1
             if not data.classes or parts != len(data.classes):
                 raise ConfigError(
@@ -445,12 +638,43 @@ def _check_consistency(config):
                     "e.g. classes: [0, 1] with ratio '1:9'")
     if config.study.design == "one_at_a_time":
         for name in config.study.factors or {}:
-            section, field = FACTORS[name]
+            section, field = factor_field(name)
             if getattr(getattr(config, section), field) is None:
                 raise ConfigError(
                     f"study.factors.{name}: a one_at_a_time design varies each factor from "
                     f"the config's own value, but {section}.{field} is not set; set it to "
                     "the default level, e.g. '1:1'")
-    if train.steps % train.eval_every:
-        raise ConfigError(f"train.steps ({train.steps}) must be a multiple of "
-                          f"train.eval_every ({train.eval_every}) so that the last step is evaluated")
+    for steps in _values(config, "train", "steps"):
+        for every in _values(config, "train", "eval_every"):
+            if steps % every:
+                raise ConfigError(f"train.steps ({steps}) must be a multiple of train.eval_every "
+                                  f"({every}) so that the last step is evaluated")
+        for batch in _values(config, "train", "batch_size"):
+            if steps * batch > MAX_EXAMPLES:
+                raise ConfigError(
+                    f"train.steps: {steps} steps of {batch} examples could not finish in a year "
+                    f"(tfbn allows {MAX_EXAMPLES:.0e} examples a trial); give at most "
+                    f"{MAX_EXAMPLES // batch} steps at batch size {batch}")
+
+
+def _values(config, section, field):
+    """The values a key takes in a study: the config's own and its factor's levels."""
+    own = getattr(getattr(config, section), field)
+    levels = [levels for name, levels in (config.study.factors or {}).items()
+              if factor_field(name) == (section, field)]
+    return {own, *(levels[0] if levels else ())}
+
+
+def _check_known_classes(config):
+    """Refuses labels outside a data set whose classes are known before it loads."""
+    classes = config.data.classes
+    if not classes:
+        return
+    for source in _values(config, "data", "source"):
+        for name in _values(config, "data", "name"):
+            data_set = source if source == "digits" else (name or "").partition(":")[0]
+            count = KNOWN_DATA.get(data_set, (None,))[0] if source != "idx" else None
+            if count is not None and max(classes) >= count:
+                raise ConfigError(
+                    f"data.classes: {data_set} has the labels 0 .. {count - 1}, not "
+                    f"{max(classes)}; list labels in that range, e.g. [0, 1]")

@@ -1,7 +1,8 @@
 """The design of a study: which factor values each trial runs with, and its name.
 
-A design point is a dict from factor name (`tfbn.config.FACTORS`) to one level.
-Two designs:
+A design point is a dict from factor name to one level: a name of
+`tfbn.config.FACTORS` or a scalar key of the ``model``, ``train`` or ``data``
+section by its dotted path (``model.bn_momentum``). Two designs:
 
 * ``full_factorial``: every combination of the levels.
 * ``one_at_a_time``: the 2017 course project's design. From the default point
@@ -15,12 +16,13 @@ Without factors a study is a grid of one: the config's BN placement.
 import dataclasses
 import itertools
 
-from tfbn.config import FACTORS
+from tfbn.config import factor_field
 
 # Factors crossed with every point of a one-at-a-time design.
 CROSSED = ("bn", "seed")
 
-# Short names used in run names and progress lines.
+# Short names of `tfbn.config.FACTORS` in run names and progress lines; a dotted
+# factor is labelled by its key's own name (``bn_momentum`` for model.bn_momentum).
 LABELS = {
     "activation": "act", "optimizer": "opt", "learning_rate": "lr", "batch_size": "bs",
     "test_ratio": "test", "train_ratio": "train", "bn": "bn", "depth": "depth",
@@ -35,7 +37,7 @@ def study_factors(config):
 
 def default_value(config, factor):
     """The value a factor takes in the config's own sections."""
-    section, field = FACTORS[factor]
+    section, field = factor_field(factor)
     return getattr(getattr(config, section), field)
 
 
@@ -65,13 +67,18 @@ def apply_factors(config, point):
     """Returns the config of one trial: the config with the point's levels set."""
     changes = {}
     for factor, value in point.items():
-        section, field = FACTORS[factor]
+        section, field = factor_field(factor)
         changes.setdefault(section, {})[field] = value
     return dataclasses.replace(config, **{
         section: dataclasses.replace(getattr(config, section), **fields)
         for section, fields in changes.items()})
 
 
+def labels(point):
+    """A point's factor assignments as short strings, e.g. ``["act=relu", "bn_momentum=0.9"]``."""
+    return [f"{LABELS.get(name) or name.rpartition('.')[2]}={value}" for name, value in point.items()]
+
+
 def run_name(point):
     """A readable, unique TensorBoard run name, e.g. ``act=sigmoid,bn=before``."""
-    return ",".join(f"{LABELS[name]}={value}" for name, value in point.items())
+    return ",".join(labels(point))

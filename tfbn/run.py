@@ -14,7 +14,12 @@ import contextlib
 import os
 import sys
 
+from tfbn.config import load_builder, load_config
+from tfbn.design import apply_factors, design_points, study_factors
+from tfbn.devices import check_memory
 from tfbn.errors import UserError
+from tfbn.results import format_table
+from tfbn.workers import current_role, set_role
 
 
 def parse_args(argv):
@@ -64,24 +69,20 @@ def quiet_tensorflow_start():
 def main(argv=None):
     """Runs the command line; returns the exit status."""
     args = parse_args(argv)
-    if not args.verbose and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "3":
-        quiet_tensorflow_start()
     try:
-        from tfbn.config import load_config
-        from tfbn.results import format_table
-        from tfbn.design import study_factors
-        from tfbn.sweep import PackFinished, run_study
-        from tfbn.workers import RECYCLE_STATUS, current_role, set_role
-
-        if args.role:
-            set_role(args.role, args.oracle, args.tuner_id)
-        elif args.oracle or args.tuner_id:
-            raise UserError("--oracle and --tuner-id need --role chief or --role worker")
-        # From the flags, or from keras-tuner's variables as a cluster scheduler sets them.
-        role = args.role or current_role()
-        if args.one_pack and role != "worker":
-            raise UserError("--one-pack is a worker's flag; add --role worker")
+        # Everything that needs no TensorFlow is checked before it loads (a few seconds).
         config = load_config(args.config, args.overrides)
+        role = _role(args)
+        if role != "worker":
+            check_outputs(config, args.restart)
+        for point in design_points(config):
+            check_memory(apply_factors(config, point))
+        if not args.verbose and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "3":
+            quiet_tensorflow_start()
+        from tfbn.sweep import PackFinished, run_study
+        from tfbn.workers import RECYCLE_STATUS
+
+        check_builders(config)
         try:
             rows = run_study(config, quiet=args.quiet, restart=args.restart, role=role,
                              one_pack=args.one_pack)
@@ -100,6 +101,52 @@ def main(argv=None):
         return 2
     print(f"TensorBoard: tensorboard --logdir {config.log.dir}")
     return 0
+
+
+def _role(args):
+    """This process's role in a distributed study, from the flags or keras-tuner's variables."""
+    if args.role:
+        set_role(args.role, args.oracle, args.tuner_id)
+    elif args.oracle or args.tuner_id:
+        raise UserError("--oracle and --tuner-id need --role chief or --role worker")
+    # From the flags, or from keras-tuner's variables as a cluster scheduler sets them.
+    role = args.role or current_role()
+    if args.one_pack and role != "worker":
+        raise UserError("--one-pack is a worker's flag; add --role worker")
+    return role
+
+
+def check_outputs(config, restart=False):
+    """Refuses output paths that exist as the wrong kind of file, before anything is written.
+
+    Args:
+        config: The study's `tfbn.config.Config`.
+        restart: ``--restart``, which moves the experiment folder aside whatever it holds.
+    """
+    experiment_dir = os.path.join(config.log.dir, config.experiment)
+    if os.path.exists(config.log.dir) and not os.path.isdir(config.log.dir):
+        raise UserError(f"log.dir {config.log.dir!r} is a file, not a folder; set log.dir to a "
+                        "folder, e.g. --set log.dir=logs")
+    if restart:
+        return
+    if os.path.exists(experiment_dir) and not os.path.isdir(experiment_dir):
+        raise UserError(f"{experiment_dir} is a file, not an experiment folder; move it, or give "
+                        "the experiment another name (--set experiment=NAME)")
+    for name in ("results.csv", "config.yaml"):
+        path = os.path.join(experiment_dir, name)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise UserError(f"{path} is not a regular file; move it away, or pass --restart to "
+                            "move the earlier run aside")
+
+
+def check_builders(config):
+    """Imports every ``model.builder`` of a study, to refuse one that names no function now,
+    not when its trial starts. The user's module may import TensorFlow: call it after
+    `quiet_tensorflow_start`."""
+    for point in design_points(config):
+        builder = apply_factors(config, point).model.builder
+        if builder is not None:
+            load_builder(builder)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,10 @@ def load_data(data_config):
     c = data_config
     x_train, y_train, x_test, y_test = _load_source(c.source, c.name, c.data_dir, c.path)
     classes = c.classes if c.classes is not None else tuple(np.unique(y_train).tolist())
-    x_train, y_train = select_classes(x_train, y_train, classes, c.max_train_per_class, c.train_ratio)
-    x_test, y_test = select_classes(x_test, y_test, classes, c.max_test_per_class, c.test_ratio)
+    x_train, y_train = select_classes(x_train, y_train, classes, c.max_train_per_class, c.train_ratio,
+                                      "data.train_ratio")
+    x_test, y_test = select_classes(x_test, y_test, classes, c.max_test_per_class, c.test_ratio,
+                                    "data.test_ratio")
     return Data(to_unit_interval(x_train), y_train, to_unit_interval(x_test), y_test, len(classes))
 
 

@@ -60,6 +60,10 @@ def load_tfds(name, data_dir=None):
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(f"tensorflow-datasets has no data set {name!r}; check data.name "
                         "(e.g. mnist, fashion_mnist, kmnist)")
+    except AssertionError as error:  # how tensorflow-datasets refuses a version it lacks
+        versions = str(error).rpartition('": ')[2]  # "Dataset mnist cannot be loaded at ..."
+        raise DataError(f"data.name {name!r}: {versions} Give one of those versions, or the "
+                        "name alone for the latest") from None
     if not builder.is_prepared():
         _require_reachable(name, builder.data_dir)
         builder.download_and_prepare()

@@ -15,12 +15,13 @@ def parse_ratio(ratio):
     return tuple(int(part) for part in ratio.split(":"))
 
 
-def ratio_counts(available, ratio):
+def ratio_counts(available, ratio, key="ratio"):
     """The largest per-class counts in exactly the given ratio.
 
     Args:
         available: Examples available per class.
         ratio: Parts per class, e.g. ``(1, 9)``.
+        key: The config key of the ratio, for the error message.
 
     Returns:
         Counts ``k * ratio`` with the largest ``k`` that ``available`` allows.
@@ -29,12 +30,12 @@ def ratio_counts(available, ratio):
     """
     k = min(a // r for a, r in zip(available, ratio))
     if k == 0:
-        raise DataError(f"ratio {':'.join(map(str, ratio))} cannot be met with "
+        raise DataError(f"{key} {':'.join(map(str, ratio))} cannot be met with "
                         f"{list(available)} examples per class; lower the ratio or the caps")
     return tuple(k * r for r in ratio)
 
 
-def select_classes(x, y, classes, max_per_class=None, ratio=None):
+def select_classes(x, y, classes, max_per_class=None, ratio=None, ratio_key="ratio"):
     """Keeps some classes of a split, capped and in a given ratio.
 
     Args:
@@ -43,6 +44,7 @@ def select_classes(x, y, classes, max_per_class=None, ratio=None):
         classes: Labels to keep; kept labels become their index in ``classes``.
         max_per_class: Keep at most this many examples of each class.
         ratio: Optional ratio string such as ``"1:9"``, one part per class.
+        ratio_key: The config key of the ratio, for the error message.
 
     Returns:
         ``(x, y)`` of the kept examples in their original order.
@@ -50,10 +52,11 @@ def select_classes(x, y, classes, max_per_class=None, ratio=None):
     positions = [np.flatnonzero(y == c) for c in classes]
     for c, found in zip(classes, positions):
         if len(found) == 0:
-            raise DataError(f"class {c} has no examples; labels present: {sorted(set(y.tolist()))}")
+            raise DataError(f"data.classes: class {c} has no examples; labels present: "
+                            f"{sorted(set(y.tolist()))}")
     counts = [len(p) if max_per_class is None else min(len(p), max_per_class) for p in positions]
     if ratio is not None:
-        counts = ratio_counts(counts, parse_ratio(ratio))
+        counts = ratio_counts(counts, parse_ratio(ratio), ratio_key)
     keep = np.sort(np.concatenate([p[:n] for p, n in zip(positions, counts)]))
     relabel = np.full(int(y.max()) + 1, -1, dtype=np.int64)
     relabel[list(classes)] = np.arange(len(classes))
