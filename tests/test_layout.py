@@ -7,7 +7,7 @@ from tfbn.config import load_config
 from tfbn.layout import study_layout
 from tfbn.run import main
 
-from helpers import QUICKSTART, get_json, tensorboard_server
+from helpers import QUICKSTART, get_json, read_scalars, tensorboard_server
 
 
 def test_that_the_layout_has_a_chart_per_layer_of_each_recorded_instrument():
@@ -22,11 +22,11 @@ def test_that_the_layout_has_a_chart_per_layer_of_each_recorded_instrument():
 
 
 def test_that_tensorboard_serves_each_chart_once_for_two_studies_and_it_matches_every_trials_tags(tmp_path):
+    # Evaluations every tenth of the run: the instruments see the steps where they end.
     for experiment, bn, steps in (("quickstart", "[none, before, after]", 200), ("other", "[before]", 100)):
         assert main(["--config", QUICKSTART, "--quiet", "--no-report", "--set", f"log.dir={tmp_path}",
                      "--set", f"experiment={experiment}", "--set", f"study.factors.bn={bn}",
-                     "--set", f"train.steps={steps}", "--set", "train.eval_every=100",
-                     "--set", "log.jacobian_every=100"]) == 0
+                     "--set", f"train.steps={steps}", "--set", f"train.eval_every={steps // 10}"]) == 0
     trials = ["quickstart/bn=none", "quickstart/bn=before", "quickstart/bn=after", "other/bn=before"]
     with tensorboard_server(tmp_path) as url:
         deadline = time.monotonic() + 90
@@ -40,6 +40,11 @@ def test_that_tensorboard_serves_each_chart_once_for_two_studies_and_it_matches_
                 pass
             assert time.monotonic() < deadline, "TensorBoard did not serve the layout in 90 s"
             time.sleep(0.5)
+    # log.jacobian_every's default gives a run of any length 10 spectra after step 0.
+    assert [step for step, _ in read_scalars(tmp_path / "quickstart" / "bn=none")[
+        "jacobian/network/mean_square"]] == list(range(0, 201, 20))
+    assert [step for step, _ in read_scalars(tmp_path / "other" / "bn=before")[
+        "jacobian/network/mean_square"]] == list(range(0, 101, 10))
     # Both studies wrote the same layout: TensorBoard shows it once.
     titles = [category["title"] for category in layout["category"]]
     assert titles == ["accuracy and loss", "gradient norm per layer", "kernel norm per layer",

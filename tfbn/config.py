@@ -191,6 +191,35 @@ class ModelConfig:
         _check_builder)
 
 
+def absolute_threshold(threshold):
+    """The test accuracy ``train.threshold`` names; infinity (never reached) when it names only a relative one."""
+    if isinstance(threshold, Threshold):
+        return float("inf") if threshold.absolute is None else threshold.absolute
+    return threshold
+
+
+def _check_threshold(value, key):
+    if value is not None and not isinstance(value, Threshold):
+        _check_fraction(value, key)
+
+
+def _check_period(value, key):
+    if value != "auto":
+        _check_positive(value, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+    """``train.threshold`` as a mapping: a fraction of the best final accuracy of the
+    trial's group (the arms with its seed and other factors), beside or instead of an
+    absolute accuracy."""
+
+    relative: float = _field(0.98, "fraction of the best final test accuracy any arm of the group reached",
+                             _check_fraction)
+    absolute: Optional[float] = _field(None, "test accuracy, as a plain number gives it; null: none",
+                                       _check_threshold)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Step-based training; test metrics use BN's moving statistics."""
@@ -202,7 +231,9 @@ class TrainConfig:
     learning_rate: float = _field(0.01, "course project: SGD at 0.01", _check_positive)
     seed: int = _field(0, "seeds the kernels and the order of the training batches (0 .. 2**32 - 1)",
                        _check_seed)
-    threshold: float = _field(0.9, "test accuracy that 'steps to threshold' waits for", _check_fraction)
+    threshold: Union[float, Threshold] = _field(
+        0.9, "test accuracy that 'steps to threshold' waits for, or {relative: f, absolute: a}",
+        _check_threshold)
     eval_batch_size: int = _field(
         1000, "examples per evaluation batch: the batches BN normalizes by in the batch-statistics mode",
         _check_positive)
@@ -222,7 +253,9 @@ class LogConfig:
         "TensorBoard instruments to record (ics and landscape on request)")
     weights_every: int = _field(500, "steps between weight histograms and norms", _check_positive)
     gradients_every: int = _field(100, "steps between gradient norms and histograms", _check_positive)
-    jacobian_every: int = _field(5000, "steps between Jacobian spectra of the probe set", _check_positive)
+    jacobian_every: Union[Literal["auto"], int] = _field(
+        "auto", "steps between Jacobian spectra of the probe set; auto: a tenth of train.steps, "
+        "so that a run has 10 after step 0", _check_period)
     percentiles_every: int = _field(500, "steps between activation percentiles of the probe set",
                                     _check_positive)
     ics_every: int = _field(2000, "steps between internal covariate shift measurements",
@@ -398,6 +431,9 @@ def parse_config(raw):
     """Validates a nested dict (as read from YAML) into a `Config`."""
     config = _build(Config, _moved_keys(raw), "")
     _check_consistency(config)
+    if config.log.jacobian_every == "auto":
+        every = max(1, config.train.steps // 10)
+        config = dataclasses.replace(config, log=dataclasses.replace(config.log, jacobian_every=every))
     return config
 
 

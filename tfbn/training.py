@@ -22,6 +22,7 @@ import time
 import keras
 
 from tfbn.callbacks import SharedSpectra, StepMetrics, TrainingSample, build_instruments
+from tfbn.config import absolute_threshold
 from tfbn.data import load_data, training_indices
 from tfbn.errors import DataError
 from tfbn.models import build_mlp, initializer_from
@@ -224,7 +225,7 @@ class _PackDriver(keras.callbacks.Callback):
                 zip(self.branches[i], self._lists[i], self._metrics[i])):
             callbacks.on_train_end()
             train = target.config.train
-            self.results[i][j] = summarise(metrics.history, train.steps, train.threshold, seconds)
+            self.results[i][j] = summarise(metrics.history, train.steps, absolute_threshold(train.threshold), seconds)
             if self.on_result:
                 self.on_result(target, self.results[i][j])
 
