@@ -185,14 +185,20 @@ def test_that_compiled_preactivations_measure_the_variables_as_they_are_at_each_
                                    rtol=1e-6, atol=1e-7)
 
 
-def test_that_another_normalization_layer_is_refused_by_name():
+@pytest.mark.parametrize("mode", ["inference", "batch"])
+def test_that_a_block_with_another_normalization_is_differentiated_and_equals_the_reference(mode):
+    # Layer normalization mixes the units of an example: no diagonal gain, the block's own Jacobian.
     inputs = keras.Input((3,))
     x = keras.layers.Dense(4, name="dense_1")(inputs)
-    x = keras.layers.LayerNormalization(name="bn_1")(x)
+    x = keras.layers.LayerNormalization(name="norm")(x)
     x = keras.layers.Activation("tanh", name="act_1")(x)
     model = tfbn.models.MLP(inputs, keras.layers.Dense(2, name="logits")(x))
-    with pytest.raises(TypeError, match="bn_1 is a LayerNormalization.*support BatchNormalization and BatchRenormalization"):
-        jacobian_singular_values(model, batch()[0])
+    x, _ = batch()
+    fast = jacobian_singular_values(model, x, mode)
+    reference = jacobian_singular_values_autodiff(model, x, mode)
+    assert fast.keys() == reference.keys() == {"dense_1", "network"}
+    for name in fast:
+        np.testing.assert_allclose(fast[name], reference[name], rtol=1e-4, atol=1e-5)
 
 
 def test_that_spectrum_statistics_summarise_all_values():

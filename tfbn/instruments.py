@@ -1,9 +1,14 @@
-"""Measurements of a `tfbn.build_mlp` network that the instrument callbacks log.
+"""Measurements of a Keras model that the instrument callbacks log.
 
-* `preactivations`: the input of each hidden nonlinearity on a probe set
-  (`preactivations_function`: the same, compiled, for measuring repeatedly).
-* `jacobian_singular_values`: per-example singular values of each hidden
-  block's Jacobian and of the whole network's, from their product structure.
+Every function finds what it measures from the model's structure
+(`tfbn.structure`): the kernels of its Dense and convolution layers, its
+BatchNormalization layers and the inputs of its nonlinearities, whatever the
+layers are called. `tfbn.build_mlp` networks are one case of this.
+
+* `preactivations`: the input of each nonlinearity on a probe set
+  (`preactivations_function`: the same for a fixed probe set).
+* `jacobian_singular_values`: per-example singular values of the Jacobian of
+  each block between two kernel layers and of the whole network.
 * `jacobian_singular_values_autodiff`: the same by automatic differentiation
   and SVD; slow, the reference that tests compare against.
 * `spectrum_statistics`: summary numbers of such singular values.
@@ -15,6 +20,16 @@
   gradient direction (Santurkar et al. 2018, section 3.1).
 * `has_batch_norm`: whether a network normalizes at all.
 
+The preactivation and Jacobian instruments evaluate the model step by step
+and need it to be a chain of layers (`tfbn.structure.chain`: a Sequential
+model, or a functional one without branches); they raise ValueError for
+other models. The gradient instruments measure any model.
+
+The loss of the gradient instruments is the one the model was compiled with
+(`model.compute_loss`), or a ``loss`` passed in; a model compiled without a
+loss (as `tfbn.training`'s networks are) is measured with the mean sparse
+categorical cross-entropy of its logits, `tfbn.build_mlp`'s training loss.
+
 BN is evaluated in one of two modes:
 
 * ``"inference"``: BN uses its moving mean and variance, as at test time;
@@ -24,10 +39,14 @@ BN is evaluated in one of two modes:
   a batch like the probe set, without the coupling between examples that
   differentiating the batch statistics would add.
 
-The noise of noisy BN (`tfbn.noise.DistributionShift`) is left out in both
-modes: it is the identity at evaluation, and a probe measures the network,
-not one random draw of its training noise. The gradient, covariate-shift and
-landscape probes, which differentiate the training loss, do include it.
+Dropout and noise layers, noisy BN's among them (`tfbn.noise.DistributionShift`),
+are left out in both modes: they are the identity at evaluation, and a probe
+measures the network, not one random draw of its training noise. The
+gradient, covariate-shift and landscape probes, which differentiate the
+training loss, do include them.
+
+The preactivation and Jacobian functions are compiled once per model and BN
+mode; TensorFlow traces them again only for inputs of a new shape.
 
 Example:
 
@@ -37,143 +56,130 @@ spectra["dense_1"].shape  # (1000, 100)
 ```
 """
 
-import dataclasses
+import contextlib
 import functools
+import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfbn.renorm import BatchRenormalization
+from tfbn import structure
 
 MODES = ("inference", "batch")
 # Examples per batch of eigendecompositions: bounds the float64 Gram matrices
 # of 100-unit layers to about 20 MB each, at no cost in speed.
 CHUNK = 250
-
-
-@dataclasses.dataclass(frozen=True)
-class _Block:
-    """One hidden block ``dense_i`` -> BN and nonlinearity ``act_i``, in model order."""
-
-    dense: keras.layers.Layer
-    activation: keras.layers.Layer
-    bn: keras.layers.Layer = None
-    bn_before: bool = False
-
-
-def _hidden_blocks(model):
-    """The hidden blocks of a `tfbn.build_mlp` network, found by layer name."""
-    order = {layer.name: position for position, layer in enumerate(model.layers)}
-    blocks = []
-    while f"dense_{len(blocks) + 1}" in order:
-        i = len(blocks) + 1
-        bn = model.get_layer(f"bn_{i}") if f"bn_{i}" in order else None
-        if bn is not None and not isinstance(bn, (keras.layers.BatchNormalization,
-                                                  BatchRenormalization)):
-            # Other normalizations need their own gain and batch-mode statistics in `_normalize`.
-            raise TypeError(f"{bn.name} is a {type(bn).__name__}; the Jacobian and percentile "
-                            "instruments support BatchNormalization and BatchRenormalization")
-        blocks.append(_Block(
-            dense=model.get_layer(f"dense_{i}"),
-            activation=model.get_layer(f"act_{i}"),
-            bn=bn,
-            bn_before=bn is not None and order[f"bn_{i}"] < order[f"act_{i}"],
-        ))
-    return blocks
+NETWORK = "network"
 
 
 def has_batch_norm(model):
-    """Whether any hidden block of a `tfbn.build_mlp` network has BN (or Batch Renormalization)."""
-    return any(block.bn is not None for block in _hidden_blocks(model))
+    """Whether ``model`` has a BatchNormalization (or Batch Renormalization) layer."""
+    return bool(structure.batch_norm_layers(model))
 
 
 def preactivations(model, x, mode="inference"):
-    """The input of each hidden nonlinearity: the BN output for BN before it,
-    the Dense output otherwise.
+    """The input of each nonlinearity: of every activation layer, and of every
+    fused ``activation`` (the output of its layer's linear part).
 
     Args:
-        model: A `tfbn.build_mlp` network.
-        x: Probe inputs, shape ``[num_examples, features]``.
+        model: A Keras model that is a chain of layers (`tfbn.structure.chain`).
+        x: Probe inputs, shape ``[num_examples, ...]``.
         mode: ``"inference"`` or ``"batch"`` (see the module docstring).
 
     Returns:
-        Dict from nonlinearity name (``act_1``, ...) to a numpy array
-        ``[num_examples, units]``.
+        Dict from the name of the layer that holds the nonlinearity (``act_1``,
+        ... for `tfbn.build_mlp`) to a numpy array ``[num_examples, ...]``, in
+        model order.
     """
-    return {block.activation.name: u.numpy() for block, u, _ in _forward(model, x, mode)}
+    _check_mode(mode)
+    compiled = _compiled(model, "preactivations", mode)
+    return {name: u.numpy() for name, u in compiled(tf.convert_to_tensor(x, tf.float32)).items()}
 
 
 def preactivations_function(model, x, mode="inference"):
-    """`preactivations` compiled for repeated calls: a function of no arguments.
+    """`preactivations` on the fixed probe inputs ``x``: a function of no arguments.
 
-    Each call measures the model's variables as they are then, on the probe
-    inputs ``x`` fixed here. The first call traces the network (about 0.1 s),
-    later ones cost a fifth of an eager `preactivations` (2 against 13 ms for
-    250 examples through 784-100-100-10 with BN, on one CPU thread).
+    Each call measures the model's variables as they are then. The first call
+    traces the network (about 0.1 s), later ones cost a fifth of an eager
+    evaluation (2 against 13 ms for 250 examples through 784-100-100-10 with
+    BN, on one CPU thread).
     """
     _check_mode(mode)
-    # A partial, not a closure: TensorFlow counts traces per code object, and would
-    # take the first trace of each of many models for a function retracing in a loop.
-    compiled = tf.function(functools.partial(_preactivation_tensors, model, tf.constant(x, tf.float32), mode))
-    return lambda: {name: u.numpy() for name, u in compiled().items()}
-
-
-def _preactivation_tensors(model, x, mode):
-    return {block.activation.name: u for block, u, _ in _forward(model, x, mode)}
+    compiled = _compiled(model, "preactivations", mode)
+    x = tf.constant(x, tf.float32)
+    return lambda: {name: u.numpy() for name, u in compiled(x).items()}
 
 
 def jacobian_singular_values(model, x, mode="inference"):
-    """Singular values of the hidden blocks' and the network's Jacobians.
+    """Singular values of the Jacobians of the model's blocks and of the whole network.
 
-    The Jacobian of block ``l`` with respect to its input ``h_(l-1)`` is
-    ``diag(g) W^T``, where ``W`` is the kernel of ``dense_l`` and ``g`` the
-    per-unit gain: the nonlinearity's slope times BN's ``gamma /
-    sqrt(var + eps)`` (either order, both are diagonal). The network's is
-    the product of the blocks' with the ``logits`` kernel. The squared
-    singular values are the eigenvalues of the smaller Gram matrix of each
-    Jacobian (at most units x units), computed in float64 so that small
-    singular values keep their accuracy.
+    Block ``k`` runs from the input of the k-th kernel layer (Dense or
+    convolution) to the input of the next one; the last kernel layer starts
+    no block. For a block of a Dense layer on vectors followed by layers that
+    act on each unit alone (BN, an elementwise nonlinearity, dropout), as in
+    `tfbn.build_mlp`, the Jacobian with respect to the block's input
+    ``h_(k-1)`` is ``diag(g) W^T``, where ``W`` is the kernel and ``g`` the
+    per-unit gain: the nonlinearity's slope times BN's ``gamma / sqrt(var +
+    eps)``. When the network is made of such blocks and ends in a Dense layer
+    without activation, its Jacobian is their product with that layer's
+    kernel. Any other block (a convolution, pooling), and any other network,
+    is differentiated as a function of one example (BN's statistics held
+    fixed): the Jacobian of the block as a linear map at each probe example,
+    ``[output size, input size]`` with the block's output and input
+    flattened, which grows with the square of the feature map size.
+
+    The squared singular values are the eigenvalues of the smaller Gram
+    matrix of each Jacobian, computed in float64 so that small singular
+    values keep their accuracy.
 
     Args:
-        model: A `tfbn.build_mlp` network.
-        x: Probe inputs, shape ``[num_examples, features]``.
+        model: A Keras model that is a chain of layers (`tfbn.structure.chain`).
+        x: Probe inputs, shape ``[num_examples, ...]``.
         mode: ``"inference"`` or ``"batch"`` (see the module docstring).
 
     Returns:
-        Dict from ``dense_1``, ``dense_2``, ... and ``"network"`` to a numpy
-        array ``[num_examples, k]`` of singular values in descending order,
-        ``k`` the smaller dimension of that Jacobian; NaN for examples whose
-        Jacobian is not finite (a diverged network).
+        Dict from the name of each block's kernel layer (``dense_1``, ...)
+        and ``"network"`` to a numpy array ``[num_examples, k]`` of singular
+        values in descending order, ``k`` the smaller dimension of that
+        Jacobian; NaN for examples whose Jacobian is not finite (a diverged
+        network).
     """
-    blocks, _, gains = zip(*_forward(model, x, mode))
-    num_examples = gains[0].shape[0]
-    parts = [_spectra(model, blocks, [gain[i:i + CHUNK] for gain in gains])
-             for i in range(0, num_examples, CHUNK)]
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    _check_mode(mode)
+    x = tf.convert_to_tensor(x, tf.float32)
+    state = _compiled(model, "forward", mode)(x)
+    spectra = _compiled(model, "spectra", mode)
+    parts = [spectra(x[i:i + CHUNK], _rows(state, i), state["statistics"])
+             for i in range(0, x.shape[0], CHUNK)]
+    return {name: np.concatenate([_singular_values(*part[name]) for part in parts]) for name in parts[0]}
 
 
 def jacobian_singular_values_autodiff(model, x, mode="inference"):
     """`jacobian_singular_values` by `tf.GradientTape.batch_jacobian` and SVD.
 
     Slow and memory-hungry (it forms every Jacobian); tests use it as the
-    reference for the fast path.
+    reference for the fast path. It applies the Keras layers themselves
+    (BN by ``training=False``, or by `tf.nn.batch_normalization` with the
+    batch's statistics), not the steps the fast path takes.
     """
     _check_mode(mode)
+    _steps(model)  # a chain of layers
     x = tf.convert_to_tensor(x, tf.float32)
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    starts = [i for i, layer in enumerate(layers) if isinstance(layer, structure.KERNEL_LAYERS)]
+
+    def apply(part, v):
+        for layer in part:
+            v = _reference_layer(layer, v, mode)
+        return v
+
+    h = apply(layers[:starts[0]], x) if starts else x
     spectra = {}
-    h = x
-    for block in _hidden_blocks(model):
-        out, jacobian = _batch_jacobian(lambda v: _apply_block(block, v, mode), h)
-        spectra[block.dense.name] = _svd(jacobian)
+    for start, end in zip(starts, starts[1:]):
+        out, jacobian = _batch_jacobian(functools.partial(apply, layers[start:end]), h)
+        spectra[layers[start].name] = _svd(jacobian)
         h = out
-
-    def network(v):
-        for block in _hidden_blocks(model):
-            v = _apply_block(block, v, mode)
-        return model.get_layer("logits")(v)
-
-    spectra["network"] = _svd(_batch_jacobian(network, x)[1])
+    spectra[NETWORK] = _svd(_batch_jacobian(functools.partial(apply, layers), x)[1])
     return spectra
 
 
@@ -195,26 +201,28 @@ def spectrum_statistics(singular_values):
     }
 
 
-def gradient_norms(model, x, y):
-    """L2 norm of the loss gradient with respect to each Dense kernel.
+def gradient_norms(model, x, y, loss=None):
+    """L2 norm of the loss gradient with respect to each kernel of a Dense or convolution layer.
 
-    The loss is the mean sparse categorical cross-entropy of the logits of
-    ``model(x, training=True)`` (BN with the batch's statistics, as in a
-    training step). BN's moving statistics are left untouched.
+    The loss is that of ``model(x, training=True)`` (BN with the batch's
+    statistics, as in a training step) on the labels ``y``: the compiled loss,
+    or ``loss`` (see the module docstring). BN's moving statistics are left
+    untouched.
 
     Args:
-        model: A network whose ``dense_*`` and ``logits`` layers have kernels.
+        model: A Keras model.
         x: A batch of inputs.
-        y: Their integer labels.
+        y: Their labels, as the loss expects them.
+        loss: ``loss(y, y_pred)``, a scalar tensor; by default the compiled loss.
 
     Returns:
         Dict from layer name to the norm, a float.
     """
-    return {name: float(np.linalg.norm(g)) for name, g in kernel_gradients(model, x, y).items()}
+    return {name: float(np.linalg.norm(g)) for name, g in kernel_gradients(model, x, y, loss).items()}
 
 
-def kernel_gradients(model, x, y):
-    """The loss gradient with respect to each Dense kernel, as `gradient_norms` defines the loss.
+def kernel_gradients(model, x, y, loss=None):
+    """The loss gradient with respect to each kernel, as `gradient_norms` defines the loss.
 
     Returns:
         Dict from layer name to the gradient, a numpy array of the kernel's shape.
@@ -223,39 +231,37 @@ def kernel_gradients(model, x, y):
     non_trainable = [tf.convert_to_tensor(v) for v in model.non_trainable_variables]
     with tf.GradientTape() as tape:
         tape.watch(trainable)
-        # stateless_call: a training-mode call without updating BN's moving statistics.
-        logits, _ = model.stateless_call(trainable, non_trainable, x, training=True)
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
-    gradients = dict(zip((v.path for v in model.trainable_variables), tape.gradient(loss, trainable)))
-    return {layer.name: gradients[layer.kernel.path].numpy()
-            for layer in model.layers if isinstance(layer, keras.layers.Dense)}
+        value = _training_loss(model, x, y, non_trainable, loss)(trainable)
+    gradients = dict(zip((v.path for v in model.trainable_variables), tape.gradient(value, trainable)))
+    return {layer.name: gradients[layer.kernel.path].numpy() for layer in structure.kernel_layers(model)}
 
 
 def internal_covariate_shift(model, x, y, loss=None):
-    """Internal covariate shift of each Dense layer, as Santurkar et al. (2018) define it.
+    """Internal covariate shift of each kernel layer, as Santurkar et al. (2018) define it.
 
-    For layer i, G is the loss gradient with respect to its kernel at the
-    current weights on the batch ``(x, y)``, and G' the same gradient on the
-    same batch once the hidden blocks before i (their Dense kernel and bias,
-    BN gamma and beta) have taken this step's update by the model's compiled
-    optimizer, the later layers keeping their values, and the non-trainable
-    state of those earlier blocks is the one the step leaves (BN's moving
-    statistics, which Batch Renormalization's corrections read, and noisy
-    BN's next draw). The ``logits`` layer
-    counts as the last layer; ``dense_1`` has no earlier layers (l2 0, cosine 1).
-    BN uses the batch's statistics in every forward pass. Nothing changes:
-    the weights, BN's moving statistics and the optimizer's state (its step
-    counter and slots) are as they were.
+    For kernel layer i (Dense or convolution), G is the loss gradient with
+    respect to its kernel at the current weights on the batch ``(x, y)``, and
+    G' the same gradient on the same batch once every layer before it in
+    model order (its kernel and bias, BN's gamma and beta) has taken this
+    step's update by the model's compiled optimizer, the later layers keeping
+    their values, and the non-trainable state of those earlier layers is the
+    one the step leaves (BN's moving statistics, which Batch
+    Renormalization's corrections read, and noisy BN's next draw). A layer
+    with nothing trainable before it (the first kernel layer, usually) has
+    l2 0 and cosine 1. BN uses the batch's statistics in every forward pass.
+    Nothing changes: the weights, BN's moving statistics and the optimizer's
+    state (its step counter and slots) are as they were.
 
     Args:
-        model: A `tfbn.build_mlp` network with an optimizer (``model.optimizer``,
-            as ``compile`` sets it) and, unless ``loss`` is given, a compiled loss.
+        model: A Keras model with an optimizer (``model.optimizer``, as
+            ``compile`` sets it).
         x: A batch of inputs.
         y: Their labels, as the loss expects them.
-        loss: ``loss(y, logits)``, a scalar tensor; by default the compiled loss.
+        loss: ``loss(y, y_pred)``, a scalar tensor; by default the compiled
+            loss (see the module docstring).
 
     Returns:
-        Dict from Dense layer name to ``{"l2": ||G - G'||, "cosine": cos(G, G')}``.
+        Dict from kernel layer name to ``{"l2": ||G - G'||, "cosine": cos(G, G')}``.
     """
     if getattr(model, "optimizer", None) is None:
         raise ValueError("internal_covariate_shift needs a model compiled with an optimizer: "
@@ -270,28 +276,21 @@ def internal_covariate_shift(model, x, y, loss=None):
     _, gradients = _value_and_gradients(_training_loss(model, x, y, state, loss), weights)
     updated = _after_one_update(model.optimizer, variables, gradients)
     _, next_state = model.stateless_call(weights, state, x, training=True)
-    depth = len(_hidden_blocks(model))
+    kernels = {id(layer) for layer in structure.kernel_layers(model)}
     moved, moved_state = set(), set()
     shifts = {}
-    for i, layer in enumerate([model.get_layer(f"dense_{j}") for j in range(1, depth + 1)]
-                              + [model.get_layer("logits")]):
-        if i > 0:
-            for earlier in _block_layers(model, i):
-                moved.update(index[v.path] for v in earlier.trainable_variables)
-                moved_state.update(state_index[id(v)] for v in earlier.non_trainable_variables)
-        if not moved:  # the first layer: nothing before it moves
+    for layer in structure.layers(model):
+        if id(layer) in kernels:
             shifts[layer.name] = {"l2": 0.0, "cosine": 1.0}
-            continue
-        shifted = [updated[k] if k in moved else w for k, w in enumerate(weights)]
-        shifted_state = [next_state[k] if k in moved_state else v for k, v in enumerate(state)]
-        _, shifted_gradients = _value_and_gradients(
-            _training_loss(model, x, y, shifted_state, loss), shifted)
-        g, g_shifted = (tf.reshape(t[index[layer.kernel.path]], [-1]).numpy().astype(np.float64)
-                        for t in (gradients, shifted_gradients))
-        l2 = float(np.linalg.norm(g - g_shifted))
-        scale = np.linalg.norm(g) * np.linalg.norm(g_shifted)
-        cosine = float(g @ g_shifted / scale) if scale > 0 else float(l2 == 0)
-        shifts[layer.name] = {"l2": l2, "cosine": cosine}
+            if moved:
+                shifted = [updated[k] if k in moved else w for k, w in enumerate(weights)]
+                shifted_state = [next_state[k] if k in moved_state else v for k, v in enumerate(state)]
+                _, shifted_gradients = _value_and_gradients(
+                    _training_loss(model, x, y, shifted_state, loss), shifted)
+                shifts[layer.name] = _shift(*(t[index[layer.kernel.path]]
+                                              for t in (gradients, shifted_gradients)))
+        moved.update(index[v.path] for v in layer.trainable_variables)
+        moved_state.update(state_index[id(v)] for v in layer.non_trainable_variables)
     return shifts
 
 
@@ -310,12 +309,13 @@ def landscape_smoothness(model, x, y, etas=None, loss=None):
     changes (BN's moving statistics included).
 
     Args:
-        model: A `tfbn.build_mlp` network compiled with a loss, unless ``loss`` is given.
+        model: A Keras model.
         x: A batch of inputs.
         y: Their labels.
         etas: Positive step sizes; by default `LANDSCAPE_STEPS` times the
             learning rate of ``model.optimizer``.
-        loss: ``loss(y, logits)``, a scalar tensor; by default the compiled loss.
+        loss: ``loss(y, y_pred)``, a scalar tensor; by default the compiled
+            loss (see the module docstring).
 
     Returns:
         ``{"loss_variation": max - min of L(w - eta g) over the etas,
@@ -348,23 +348,33 @@ def landscape_smoothness(model, x, y, etas=None, loss=None):
             "beta_smoothness": float(max(ratios))}
 
 
-def _block_layers(model, i):
-    """The layers of hidden block ``i`` of a `tfbn.build_mlp` network (Dense, BN, noise, nonlinearity)."""
-    names = {f"{kind}_{i}" for kind in ("dense", "bn", "noise", "act")}
-    return [layer for layer in model.layers if layer.name in names]
+def mean_cross_entropy(y, logits):
+    """The training loss of `tfbn.models.MLP` and `tfbn.packed.PackedModel` branches, and the
+    loss the gradient instruments take for a model compiled without one."""
+    return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
 
 
 def _training_loss(model, x, y, non_trainable, loss=None):
-    """The loss (by default the compiled one) of a training-mode call with the given
-    variable values, stateless."""
+    """The loss of a training-mode call with the given variable values, stateless: ``loss``,
+    else the compiled loss, else the mean cross-entropy of logits (see the module docstring)."""
 
     def training_loss(trainable):
-        logits, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=True)
         if loss is not None:
-            return loss(y, logits)
-        return model.compute_loss(x=x, y=y, y_pred=logits, training=True)
+            return loss(y, y_pred)
+        if model.loss is not None:
+            return model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+        return mean_cross_entropy(y, y_pred)
 
     return training_loss
+
+
+def _shift(gradient, shifted):
+    """``{"l2": ||G - G'||, "cosine": cos(G, G')}`` in float64."""
+    g, g_shifted = (tf.reshape(t, [-1]).numpy().astype(np.float64) for t in (gradient, shifted))
+    l2 = float(np.linalg.norm(g - g_shifted))
+    scale = np.linalg.norm(g) * np.linalg.norm(g_shifted)
+    return {"l2": l2, "cosine": float(g @ g_shifted / scale) if scale > 0 else float(l2 == 0)}
 
 
 def _value_and_gradients(loss, weights):
@@ -391,74 +401,220 @@ def _concatenated(tensors):
     return np.concatenate([tf.reshape(t, [-1]).numpy().astype(np.float64) for t in tensors])
 
 
-def _forward(model, x, mode):
-    """Per hidden block: (block, nonlinearity input, gain = d h_l / d(dense output) per unit)."""
-    _check_mode(mode)
-    h = tf.convert_to_tensor(x, tf.float32)
-    out = []
-    for block in _hidden_blocks(model):
-        u = block.dense(h)
-        gain = 1.0
-        if block.bn_before:
-            u, gain = _normalize(block.bn, u, mode)
-        with tf.GradientTape() as tape:
-            tape.watch(u)
-            h = block.activation(u)
-        # The nonlinearity acts elementwise, so the gradient of the sum is its slope.
-        slope = tape.gradient(h, u)
-        if block.bn is not None and not block.bn_before:
-            h, gain = _normalize(block.bn, h, mode)
-        out.append((block, u, tf.cast(slope * gain, tf.float64)))
-    return out
+# Compiled instruments of each model: {model: {(name, mode): tf.function}}. Weak, so that a
+# model's traces go with it; the functions hold the model weakly for the same reason.
+_COMPILED = weakref.WeakKeyDictionary()
 
 
-def _apply_block(block, h, mode):
-    """The block's output, by the Keras layers and `tf.nn`: independent of `_normalize`."""
-    def bn(v):
-        if mode == "inference":
-            return block.bn(v, training=False)
-        mean, variance = (tf.stop_gradient(m) for m in tf.nn.moments(v, axes=[0]))
-        return tf.nn.batch_normalization(v, mean, variance, block.bn.beta, block.bn.gamma,
-                                         block.bn.epsilon)
+def _compiled(model, name, mode):
+    """The tf.function of ``_<name>(steps, mode, ...)`` for ``model``, made once."""
+    functions = _COMPILED.setdefault(model, {})
+    if (name, mode) not in functions:
+        steps = _steps(model)
+        # A partial, not a closure: TensorFlow counts traces per code object, and would
+        # take the first trace of each of many models for a function retracing in a loop.
+        functions[name, mode] = tf.function(functools.partial(_FUNCTIONS[name], steps, mode))
+    return functions[name, mode]
 
-    u = block.dense(h)
-    if block.bn_before:
-        u = bn(u)
-    h = block.activation(u)
-    if block.bn is not None and not block.bn_before:
-        h = bn(h)
+
+def _steps(model):
+    steps = structure.chain(model)
+    if steps is None:
+        raise ValueError(f"the preactivation and Jacobian instruments measure chains of layers: "
+                         f"{structure.chain_problem(model)}")
+    return steps
+
+
+def _preactivations(steps, mode, x):
+    inputs, _ = _pass(steps, mode, x)
+    return {step.layer.name: h for step, h in zip(steps, inputs) if step.kind == structure.NONLINEARITY}
+
+
+def _forward(steps, mode, x):
+    """BN's statistics over the probe, and per block its gains if it is diagonal, else its input."""
+    inputs, statistics = _pass(steps, mode, x)
+    gains, block_inputs = {}, {}
+    for name, (start, end) in _blocks(steps).items():
+        if _is_diagonal(steps[start:end], inputs[start]):
+            gains[name] = _gain(steps[start + 1:end], inputs[start + 1:end + 1], statistics)
+        else:
+            block_inputs[name] = inputs[start]
+    return {"statistics": statistics, "gains": gains, "block_inputs": block_inputs}
+
+
+def _pass(steps, mode, x):
+    """The input of every step on the probe, and the statistics BN normalizes by."""
+    inputs, statistics = [], {}
+    h = x
+    for step in steps:
+        inputs.append(h)
+        if step.kind == structure.NORMALIZATION:
+            statistics[step.layer.name] = _statistics(step.layer, h, mode)
+        h = _apply(step, h, statistics)
+    return inputs, statistics
+
+
+def _spectra(steps, mode, x, rows, statistics):
+    """Eigenvalues and finiteness of every block's and the network's Gram matrix, for one chunk.
+
+    ``rows`` holds the chunk's rows of `_forward`'s gains and block inputs.
+    """
+    grams = {}
+    for name, (start, end) in _blocks(steps).items():
+        if name in rows["gains"]:
+            grams[name] = _block_gram(_kernel(steps[start].layer), rows["gains"][name])
+        else:
+            block = functools.partial(_apply_all, steps[start:end], statistics=statistics)
+            grams[name] = _gram(_jacobian(block, rows["block_inputs"][name]))
+    if rows["gains"] and not rows["block_inputs"] and _is_plain(steps):
+        grams[NETWORK] = _network_gram(steps, list(rows["gains"].values()))
+    else:
+        grams[NETWORK] = _gram(_jacobian(functools.partial(_apply_all, steps, statistics=statistics), x))
+    return {name: _eigenvalues(gram) for name, gram in grams.items()}
+
+
+_FUNCTIONS = {"preactivations": _preactivations, "forward": _forward, "spectra": _spectra}
+
+
+def _rows(state, start):
+    return {part: {name: t[start:start + CHUNK] for name, t in state[part].items()}
+            for part in ("gains", "block_inputs")}
+
+
+def _blocks(steps):
+    """Block name -> (start, end) of its steps: from a kernel layer's linear part to the next one's."""
+    starts = _kernel_steps(steps)
+    return {steps[start].layer.name: (start, end) for start, end in zip(starts, starts[1:])}
+
+
+def _kernel_steps(steps):
+    return [i for i, step in enumerate(steps) if step.kind == structure.LINEAR]
+
+
+def _is_diagonal(block, h):
+    """Whether the block is a Dense layer on vectors followed by steps that act on each unit alone."""
+    return (isinstance(block[0].layer, keras.layers.Dense) and h.shape.rank == 2
+            and all(step.elementwise for step in block[1:]))
+
+
+def _is_plain(steps):
+    """Whether the network is its blocks and a last Dense layer without activation (up to flattening)."""
+    last = _kernel_steps(steps)[-1]
+    head, tail = steps[:_kernel_steps(steps)[0]], steps[last:]
+    return (all(step.kind == structure.IDENTITY or isinstance(step.layer, keras.layers.Flatten)
+                for step in head)
+            and isinstance(tail[0].layer, keras.layers.Dense)
+            and all(step.kind == structure.IDENTITY for step in tail[1:]))
+
+
+def _gain(steps, inputs, statistics):
+    """d(block output) / d(Dense output) per unit, in float64: the slopes times BN's scales.
+
+    ``inputs`` are those of ``steps`` and then the block's output.
+    """
+    gain = tf.ones_like(inputs[0])
+    for step, u in zip(steps, inputs):
+        if step.kind == structure.NORMALIZATION:
+            gain = gain * _scale(step.layer, statistics[step.layer.name][1])
+        elif step.kind == structure.NONLINEARITY:
+            with tf.GradientTape() as tape:
+                tape.watch(u)
+                out = _apply(step, u, statistics)
+            # The nonlinearity acts elementwise, so the gradient of the sum is its slope.
+            gain = gain * tape.gradient(out, u)
+    return tf.cast(gain, tf.float64)
+
+
+def _network_gram(steps, gains):
+    """Gram matrix of the network's Jacobian, from its blocks' gains and kernels."""
+    kernels = [_kernel(steps[i].layer) for i in _kernel_steps(steps)]
+    # d out / d x = W_L^T diag(g_n) W_n^T ... diag(g_1) W_1^T, built from the output side;
+    # the Gram matrix takes the last factor W_1^T so that no [outputs, features] matrix is formed.
+    jacobian = tf.transpose(kernels[-1])[None]
+    for kernel, gain in reversed(list(zip(kernels[:-1], gains))[1:]):
+        jacobian = (jacobian * gain[:, None, :]) @ tf.transpose(kernel)
+    return _product_gram(jacobian * gains[0][:, None, :], kernels[0])
+
+
+def _apply_all(steps, h, statistics):
+    for step in steps:
+        h = _apply(step, h, statistics)
     return h
 
 
-def _normalize(bn, v, mode):
-    """BN's output and its per-unit scale ``gamma / sqrt(var + eps)``."""
+def _apply(step, h, statistics):
+    """One step at evaluation, BN with the given statistics."""
+    layer = step.layer
+    if step.kind == structure.NORMALIZATION:
+        mean, variance = statistics[layer.name]
+        return keras.ops.batch_normalization(h, mean, variance, axis=_channel_axis(layer), offset=layer.beta,
+                                             scale=layer.gamma, epsilon=layer.epsilon)
+    if step.kind == structure.IDENTITY:
+        return h
+    if step.kind == structure.NONLINEARITY and structure.has_fused_activation(layer):
+        return layer.activation(h)
+    if step.without_activation:
+        with _activation_left_out(layer):
+            return layer(h, training=False)
+    return layer(h, training=False)
+
+
+@contextlib.contextmanager
+def _activation_left_out(layer):
+    """The layer's linear part: its fused activation replaced by the identity while traced."""
+    activation = layer.activation
+    layer.activation = keras.activations.linear
+    try:
+        yield
+    finally:
+        layer.activation = activation
+
+
+def _statistics(bn, v, mode):
+    """The mean and variance BN normalizes ``v`` by: its moving ones, or ``v``'s own held fixed."""
     if mode == "inference":
-        mean, variance = bn.moving_mean, bn.moving_variance
-    else:
-        mean, variance = (tf.stop_gradient(m) for m in keras.ops.moments(v, axes=[0]))
-    out = keras.ops.batch_normalization(v, mean, variance, axis=-1, offset=bn.beta,
-                                        scale=bn.gamma, epsilon=bn.epsilon)
-    scale = tf.math.rsqrt(tf.convert_to_tensor(variance) + bn.epsilon)
-    if bn.scale:
-        scale = scale * bn.gamma
-    return out, scale
+        return tf.convert_to_tensor(bn.moving_mean), tf.convert_to_tensor(bn.moving_variance)
+    return tuple(tf.stop_gradient(m) for m in keras.ops.moments(v, axes=_reduction_axes(bn, v)))
+
+
+def _scale(bn, variance):
+    """BN's per-unit scale ``gamma / sqrt(var + eps)``."""
+    scale = tf.math.rsqrt(variance + bn.epsilon)
+    return scale * bn.gamma if bn.scale else scale
+
+
+def _channel_axis(bn):
+    return getattr(bn, "axis", -1)  # Batch Renormalization normalizes the last axis
+
+
+def _reduction_axes(bn, v):
+    channel = _channel_axis(bn) % v.shape.rank
+    return [axis for axis in range(v.shape.rank) if axis != channel]
 
 
 def _kernel(layer):
     return tf.cast(layer.kernel, tf.float64)
 
 
-def _spectra(model, blocks, gains):
-    """Singular values of every block's and the network's Jacobian for one chunk of examples."""
-    spectra = {block.dense.name: _singular_values(_block_gram(_kernel(block.dense), gain))
-               for block, gain in zip(blocks, gains)}
-    # d logits / d x = W_L^T diag(g_n) W_n^T ... diag(g_1) W_1^T, built from the logits side;
-    # the Gram matrix takes the last factor W_1^T so that no [classes, features] matrix is formed.
-    jacobian = tf.transpose(_kernel(model.get_layer("logits")))[None]
-    for block, gain in reversed(list(zip(blocks, gains))[1:]):
-        jacobian = (jacobian * gain[:, None, :]) @ tf.transpose(_kernel(block.dense))
-    spectra["network"] = _singular_values(_gram(jacobian * gains[0][:, None, :], _kernel(blocks[0].dense)))
-    return spectra
+def _jacobian(f, h):
+    """Per-example Jacobians of ``f`` at ``h``, ``[examples, output size, input size]`` in float64."""
+    with tf.GradientTape() as tape:
+        tape.watch(h)
+        out = f(h)
+    jacobian = tape.batch_jacobian(out, h)
+    examples = tf.shape(h)[0]
+    return tf.cast(tf.reshape(jacobian, [examples, _size(out), _size(h)]), tf.float64)
+
+
+def _size(t):
+    return int(np.prod(t.shape[1:]))
+
+
+def _gram(jacobian):
+    """Gram matrix of batched Jacobians on their smaller side."""
+    if jacobian.shape[1] <= jacobian.shape[2]:
+        return jacobian @ tf.transpose(jacobian, [0, 2, 1])
+    return tf.transpose(jacobian, [0, 2, 1]) @ jacobian
 
 
 def _block_gram(kernel, gain):
@@ -469,7 +625,7 @@ def _block_gram(kernel, gain):
     return (kernel * tf.square(gain)[:, None, :]) @ tf.transpose(kernel)  # J^T J
 
 
-def _gram(left, kernel):
+def _product_gram(left, kernel):
     """Gram matrix of ``J = left W^T`` on its smaller side; ``left`` is batched."""
     if left.shape[1] <= kernel.shape[0]:
         return left @ (tf.transpose(kernel) @ kernel) @ tf.transpose(left, [0, 2, 1])
@@ -477,25 +633,37 @@ def _gram(left, kernel):
     return tf.transpose(jacobian, [0, 2, 1]) @ jacobian
 
 
-def _singular_values(gram):
-    """Descending square roots of the eigenvalues; NaN for a non-finite Gram matrix."""
+def _eigenvalues(gram):
+    """Descending eigenvalues, and which Gram matrices were finite (the others give zeros)."""
     # A diverged network has non-finite Jacobians, which the eigensolver rejects.
-    finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2]).numpy()
-    if not finite.all():
-        gram = tf.where(finite[:, None, None], gram, 0.0)
-    eigenvalues = tf.linalg.eigvalsh(gram).numpy()[:, ::-1]
+    finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2])
+    gram = tf.where(finite[:, None, None], gram, tf.zeros_like(gram))
+    return tf.reverse(tf.linalg.eigvalsh(gram), [1]), finite
+
+
+def _singular_values(eigenvalues, finite):
+    """Square roots of the eigenvalues; NaN for a non-finite Gram matrix."""
     # Round-off can leave the zero eigenvalues of a rank-deficient Jacobian slightly negative.
-    return np.where(finite[:, None], np.sqrt(np.maximum(eigenvalues, 0.0)), np.nan)
+    return np.where(finite.numpy()[:, None], np.sqrt(np.maximum(eigenvalues.numpy(), 0.0)), np.nan)
+
+
+def _reference_layer(layer, v, mode):
+    """A layer as Keras applies it at evaluation; BN in batch mode by `tf.nn` and the batch's statistics."""
+    if mode == "batch" and isinstance(layer, structure.BATCH_NORM_LAYERS):
+        mean, variance = (tf.stop_gradient(m) for m in tf.nn.moments(v, axes=_reduction_axes(layer, v)))
+        return tf.nn.batch_normalization(v, mean, variance, layer.beta, layer.gamma, layer.epsilon)
+    return layer(v, training=False)
 
 
 def _batch_jacobian(f, x):
-    """``f(x)`` and its per-example Jacobians ``[examples, outputs, inputs]``."""
+    """``f(x)`` and its per-example Jacobians ``[examples, output size, input size]``."""
     # A loop over the outputs: pfor's vectorisation compiles a graph per call,
     # which costs seconds for these small models.
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         y = f(x)
-    return y, tape.batch_jacobian(y, x, experimental_use_pfor=False)
+    jacobian = tape.batch_jacobian(y, x, experimental_use_pfor=False)
+    return y, tf.reshape(jacobian, [x.shape[0], _size(y), _size(x)])
 
 
 def _svd(jacobians):

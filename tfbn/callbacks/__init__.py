@@ -1,21 +1,81 @@
 """Keras callbacks of tfbn; each one stores its arguments only in ``__init__``
 (keras-tuner deep-copies callbacks per trial) and opens writers lazily.
 
-`build_instruments` returns the TensorBoard instruments a `LogConfig` enables."""
+`instruments` returns the instruments for a ``fit`` of any Keras model;
+`build_instruments` returns the TensorBoard instruments a `LogConfig` enables.
 
+Example:
+
+```python
+model.fit(x, y, epochs=5, callbacks=tfbn.callbacks.instruments("logs/cnn", probe=(x[:200], y[:200])))
+```
+"""
+
+from tfbn.callbacks import events
 from tfbn.callbacks.batch_statistics import BatchStatisticsEvaluation
 from tfbn.callbacks.gradients import Gradients
 from tfbn.callbacks.jacobian import JacobianSpectrum, SharedSpectra
-from tfbn.callbacks.optimization import CovariateShift, LandscapeSmoothness, TrainingSample
+from tfbn.callbacks.optimization import CovariateShift, LandscapeSmoothness, ProbeBatch, TrainingSample
 from tfbn.callbacks.percentiles import ActivationPercentiles
 from tfbn.callbacks.progress import Progress
-from tfbn.callbacks.step_metrics import StepMetrics
+from tfbn.callbacks.step_metrics import StepMetrics, TensorBoard
 from tfbn.callbacks.weights import Weights
+from tfbn.errors import UserError
 
 
 __all__ = ["ActivationPercentiles", "BatchStatisticsEvaluation", "CovariateShift", "Gradients",
-           "JacobianSpectrum", "LandscapeSmoothness", "Progress", "SharedSpectra", "StepMetrics",
-           "TrainingSample", "Weights", "build_instruments"]
+           "JacobianSpectrum", "LandscapeSmoothness", "ProbeBatch", "Progress", "SharedSpectra",
+           "StepMetrics", "TensorBoard", "TrainingSample", "Weights", "build_instruments", "instruments"]
+
+DEFAULT_INSTRUMENTS = ("weights", "gradients", "jacobian", "percentiles")
+ALL_INSTRUMENTS = DEFAULT_INSTRUMENTS + ("ics", "landscape")
+
+
+def instruments(log_dir, probe, every=100, *, include=DEFAULT_INSTRUMENTS, jacobian_mode="inference",
+                percentiles_mode="batch"):
+    """The instrument callbacks for a ``fit`` of any Keras model, writing one run.
+
+    Each instrument finds what it measures by the model's layer types (see
+    its docstring); one that finds nothing warns once, by name, and writes
+    nothing. All of them write one event file in ``log_dir``. Inside a
+    keras-tuner search each trial writes its own run, ``<log_dir>/<trial
+    id>/execution0``, as Keras's own TensorBoard callback does.
+
+    Args:
+        log_dir: The run directory.
+        probe: ``(x, y)``: inputs on which the Jacobian and percentile
+            instruments measure the network, and with their labels (as the
+            compiled loss expects them) the batch on which the gradient,
+            ``ics`` and ``landscape`` instruments differentiate the compiled
+            loss. A few hundred examples is plenty.
+        every: Training steps between two writes.
+        include: The instruments, from ``weights``, ``gradients``,
+            ``jacobian``, ``percentiles``, ``ics`` and ``landscape``.
+        jacobian_mode: BN's mode in the Jacobians: ``"inference"`` (moving
+            statistics) or ``"batch"`` (the probe's own); see `tfbn.instruments`.
+        percentiles_mode: The same for the percentiles.
+
+    Returns:
+        A list of callbacks: a `TensorBoard` (the loss and metrics Keras
+        logs, at the training step) and the instruments, in the order of ``include``.
+
+    Example:
+
+    ```python
+    callbacks = tfbn.callbacks.instruments("logs/cnn", probe=(x_test[:250], y_test[:250]), every=50)
+    model.fit(x_train, y_train, epochs=3, callbacks=callbacks)
+    ```
+    """
+    unknown = sorted(set(include) - set(ALL_INSTRUMENTS))
+    if unknown:
+        raise UserError(f"unknown instruments {unknown}; choose from: {', '.join(ALL_INSTRUMENTS)}")
+    if not (isinstance(probe, (tuple, list)) and len(probe) == 2):
+        raise UserError("probe must be a pair (x, y) of inputs and their labels, "
+                        "e.g. probe=(x_test[:250], y_test[:250])")
+    writer = events.Writer(log_dir)
+    batch = ProbeBatch(*probe)
+    return [TensorBoard(writer), *_build(include, writer, dict.fromkeys(include, every), batch.x, batch,
+                                         jacobian_mode, percentiles_mode)]
 
 
 def build_instruments(log_config, log_dir, probe_x, sample=None, shared_spectra=None):
@@ -25,7 +85,7 @@ def build_instruments(log_config, log_dir, probe_x, sample=None, shared_spectra=
         log_config: A `tfbn.config.LogConfig`: which instruments, how often,
             the probe size and the Jacobian's BN mode.
         log_dir: The trial's run directory; every instrument writes there,
-            so TensorBoard shows them as one run.
+            in one event file, so TensorBoard shows them as one run.
         probe_x: Test inputs; the first ``log_config.probe_size`` of them
             form the probe set of the Jacobian and percentile instruments.
         sample: A `TrainingSample`, the training batches of the ``ics`` and
@@ -47,14 +107,21 @@ def build_instruments(log_config, log_dir, probe_x, sample=None, shared_spectra=
     if sample is None and {"ics", "landscape"} & set(log_config.instruments):
         raise ValueError("the ics and landscape instruments probe training batches: "
                          "pass sample=TrainingSample(...)")
-    probe = probe_x[:log_config.probe_size]
+    every = {name: getattr(log_config, f"{name}_every") for name in log_config.instruments}
+    return _build(log_config.instruments, events.Writer(log_dir), every, probe_x[:log_config.probe_size],
+                  sample, log_config.jacobian_mode, "batch", shared_spectra)
+
+
+def _build(names, writer, every, probe_x, sample, jacobian_mode, percentiles_mode, shared_spectra=None):
+    """The instruments ``names``, all writing with ``writer``; ``every`` maps each name to its period."""
     builders = {
-        "weights": lambda: Weights(log_dir, log_config.weights_every),
-        "gradients": lambda: Gradients(log_dir, log_config.gradients_every, sample),
-        "jacobian": lambda: JacobianSpectrum(log_dir, probe, log_config.jacobian_every,
-                                             log_config.jacobian_mode, shared_spectra),
-        "percentiles": lambda: ActivationPercentiles(log_dir, probe, log_config.percentiles_every),
-        "ics": lambda: CovariateShift(log_dir, sample, log_config.ics_every),
-        "landscape": lambda: LandscapeSmoothness(log_dir, sample, log_config.landscape_every),
+        "weights": lambda: Weights(writer, every["weights"]),
+        "gradients": lambda: Gradients(writer, every["gradients"], sample),
+        "jacobian": lambda: JacobianSpectrum(writer, probe_x, every["jacobian"], jacobian_mode,
+                                             shared_spectra),
+        "percentiles": lambda: ActivationPercentiles(writer, probe_x, every["percentiles"],
+                                                     mode=percentiles_mode),
+        "ics": lambda: CovariateShift(writer, sample, every["ics"]),
+        "landscape": lambda: LandscapeSmoothness(writer, sample, every["landscape"]),
     }
-    return [builders[name]() for name in log_config.instruments]
+    return [builders[name]() for name in names]

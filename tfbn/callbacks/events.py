@@ -1,4 +1,4 @@
-"""TensorBoard events written as one Summary protobuf per step.
+"""TensorBoard events written as one Summary protobuf per step, one event file per run.
 
 TensorFlow's eager summary ops cost about 0.5 ms per scalar and 10 ms per
 histogram, several training steps of the paper's network for every write, and
@@ -57,6 +57,45 @@ class EventFile:
 
     def close(self):
         self._records.close()
+
+
+class Writer:
+    """The event file of one run, shared by the callbacks that write to it.
+
+    The file opens at the first write. Each callback calls `open` when
+    training begins and `close` when it ends; the file closes when the last
+    of them is done, so callbacks sharing a writer write one file. The run
+    directory may change until then: keras-tuner gives each trial its own by
+    setting ``log_dir`` (`tfbn.callbacks.TensorBoard`).
+
+    Args:
+        log_dir: The run directory.
+    """
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self._file = None
+        self._users = 0
+
+    @classmethod
+    def of(cls, log_dir):
+        """``log_dir`` if it is a `Writer` already, else a new writer of that directory."""
+        return log_dir if isinstance(log_dir, Writer) else cls(log_dir)
+
+    def open(self):
+        self._users += 1
+
+    def write(self, step, scalars, histograms=None, describe=False):
+        """`write`'s event, to this run's file."""
+        if self._file is None:
+            self._file = EventFile(self.log_dir)
+        write(self._file, step, scalars, histograms, describe)
+
+    def close(self):
+        self._users = max(self._users - 1, 0)
+        if self._users == 0 and self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def write(writer, step, scalars, histograms=None, describe=False):

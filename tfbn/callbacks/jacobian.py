@@ -2,22 +2,26 @@
 
 import numpy as np
 
-from tfbn import tags
+from tfbn import structure, tags
 from tfbn.callbacks.periodic import Periodic
 from tfbn.data.subset import distinct_rows
 from tfbn.instruments import jacobian_singular_values, spectrum_statistics
 
 
 class JacobianSpectrum(Periodic):
-    """Logs the singular values of each hidden block's Jacobian and the network's.
+    """Logs the singular values of each block's Jacobian and the network's.
 
-    Computed per probe example by `tfbn.instruments.jacobian_singular_values`.
-    Tags: ``jacobian/<dense layer or network>/singular_values`` histograms of
-    all examples' singular values, and ``jacobian/<...>/<statistic>`` scalars
-    from `tfbn.instruments.spectrum_statistics`.
+    Measures any model that is a chain of layers (a Sequential model, or a
+    functional one without branches: `tfbn.structure.chain`); a block runs
+    from one Dense or convolution layer to the next. Computed per probe
+    example by `tfbn.instruments.jacobian_singular_values`, which says what
+    a convolutional block's Jacobian is. Tags: ``jacobian/<kernel layer or
+    network>/singular_values`` histograms of all examples' singular values,
+    and ``jacobian/<...>/<statistic>`` scalars from
+    `tfbn.instruments.spectrum_statistics`.
 
     Args:
-        log_dir: The run directory the event file goes to.
+        log_dir: The run directory, or an `events.Writer` shared with other callbacks.
         probe_x: The probe inputs, the same for every trial.
         every: Training steps between two writes.
         mode: ``"inference"`` (BN's moving statistics) or ``"batch"`` (the
@@ -33,6 +37,9 @@ class JacobianSpectrum(Periodic):
         self.shared = shared
         if shared is not None and mode != "inference":
             raise ValueError("shared spectra use BN's moving statistics: mode must be 'inference'")
+
+    def unmeasurable(self):
+        return structure.chain_problem(self.model)
 
     def measure(self):
         if self.shared is None:

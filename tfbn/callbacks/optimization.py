@@ -6,9 +6,9 @@ import dataclasses
 import keras
 import numpy as np
 
-from tfbn import tags
+from tfbn import structure, tags
 from tfbn.callbacks.periodic import Periodic
-from tfbn.instruments import internal_covariate_shift, landscape_smoothness
+from tfbn.instruments import internal_covariate_shift, landscape_smoothness, mean_cross_entropy  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,18 +37,28 @@ class TrainingSample:
         return self.x[chosen], self.y[chosen]
 
 
-def mean_cross_entropy(y, logits):
-    """The training loss of `tfbn.models.MLP` and `tfbn.packed.PackedModel` branches."""
-    return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+@dataclasses.dataclass(frozen=True)
+class ProbeBatch:
+    """One fixed batch that the probes measure on at every step, for `tfbn.callbacks.instruments`.
+
+    Attributes:
+        x, y: The inputs and their labels, as the model's loss expects them.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def batch(self, step):
+        return self.x, self.y
 
 
 class _OptimizationProbe(Periodic):
-    """A probe of the training loss on the `TrainingSample` batch of each written step,
-    with the model's own optimizer; training is unchanged.
+    """A probe of the training loss on the sample's batch of each written step, with
+    the model's own optimizer and compiled loss (see `tfbn.instruments`); training is unchanged.
 
     Args:
-        log_dir: The run directory the event file goes to.
-        sample: A `TrainingSample`.
+        log_dir: The run directory, or an `events.Writer` shared with other callbacks.
+        sample: A `TrainingSample` or a `ProbeBatch`.
         every: Training steps between two writes.
     """
 
@@ -71,18 +81,25 @@ class _OptimizationProbe(Periodic):
 
 
 class CovariateShift(_OptimizationProbe):
-    """Logs each Dense layer's internal covariate shift (Santurkar et al. 2018, definition 2.1).
+    """Logs each kernel layer's internal covariate shift (Santurkar et al. 2018, definition 2.1).
 
+    Measures any model with two or more Dense or convolution layers.
     Computed by `tfbn.instruments.internal_covariate_shift`. Tags:
     ``ics/l2/<layer>`` (``||G - G'||``) and ``ics/cosine/<layer>`` scalars;
-    ``dense_1`` has nothing before it and is left out. Arguments as
-    `_OptimizationProbe`'s.
+    the first kernel layer (``dense_1``) has nothing before it and is left
+    out. Arguments as `_OptimizationProbe`'s.
     """
 
+    def unmeasurable(self):
+        if len(structure.kernel_layers(self.model)) > 1:
+            return None
+        return f"model {self.model.name!r} has fewer than two Dense or convolution layers"
+
     def probe(self, x, y):
+        first = structure.kernel_layers(self.model)[0].name
         scalars = {}
-        for layer, shift in internal_covariate_shift(self.model, x, y, mean_cross_entropy).items():
-            if layer != "dense_1":
+        for layer, shift in internal_covariate_shift(self.model, x, y).items():
+            if layer != first:
                 scalars[tags.ics("l2", layer)] = shift["l2"]
                 scalars[tags.ics("cosine", layer)] = shift["cosine"]
         return scalars
@@ -91,12 +108,16 @@ class CovariateShift(_OptimizationProbe):
 class LandscapeSmoothness(_OptimizationProbe):
     """Logs how smooth the loss is along its gradient (Santurkar et al. 2018, section 3.1).
 
+    Measures any model with trainable weights.
     Computed by `tfbn.instruments.landscape_smoothness` at step sizes
     `tfbn.instruments.LANDSCAPE_STEPS` times the optimizer's learning rate.
     Tags: ``landscape/loss_variation``, ``landscape/gradient_predictiveness``
     and ``landscape/beta_smoothness``. Arguments as `_OptimizationProbe`'s.
     """
 
+    def unmeasurable(self):
+        return None if self.model.trainable_weights else f"model {self.model.name!r} has no trainable weights"
+
     def probe(self, x, y):
-        measured = landscape_smoothness(self.model, x, y, loss=mean_cross_entropy)
+        measured = landscape_smoothness(self.model, x, y)
         return {tags.landscape(name): value for name, value in measured.items()}

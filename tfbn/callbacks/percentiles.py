@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tfbn import tags
+from tfbn import structure, tags
 from tfbn.callbacks.periodic import Periodic
 from tfbn.instruments import preactivations_function
 
@@ -12,11 +12,15 @@ PERCENTILES = (15, 50, 85)
 class ActivationPercentiles(Periodic):
     """Logs the 15th, 50th and 85th percentiles of the input to each nonlinearity.
 
-    The input is BN's output when BN comes before the nonlinearity and the
-    Dense output otherwise, over the probe set. Tags:
-    ``percentiles/<act layer>/unit_<unit>/p<q>`` for one fixed unit (as in
-    the paper's figure) and ``percentiles/<act layer>/all/p<q>`` over all
-    units and examples of the layer pooled.
+    Measures any model that is a chain of layers (`tfbn.structure.chain`)
+    with a nonlinearity: an activation layer, or a layer's fused
+    ``activation``, whose input is the output of that layer's linear part.
+    The input is taken over the probe set (`tfbn.instruments.preactivations`):
+    BN's output when BN comes before the nonlinearity, the Dense output
+    otherwise. Tags: ``percentiles/<layer>/unit_<unit>/p<q>`` for one fixed
+    unit (as in the paper's figure) and ``percentiles/<layer>/all/p<q>`` over
+    all units and examples of the layer pooled; ``<layer>`` is the layer
+    that holds the nonlinearity.
 
     BN uses the probe set's own statistics by default (``mode="batch"``):
     that is the distribution a training step feeds the nonlinearity, which
@@ -25,10 +29,11 @@ class ActivationPercentiles(Periodic):
     would show a drift early in training that training never sees.
 
     Args:
-        log_dir: The run directory the event file goes to.
+        log_dir: The run directory, or an `events.Writer` shared with other callbacks.
         probe_x: The probe inputs, the same for every trial.
         every: Training steps between two writes.
-        unit: The unit followed in each layer; unit 0 by default.
+        unit: The unit followed in each layer, an index into each example's
+            flattened input (for a convolution: position and channel); 0 by default.
         mode: ``"batch"`` or ``"inference"``; see `tfbn.instruments`.
     """
 
@@ -43,11 +48,19 @@ class ActivationPercentiles(Periodic):
         super().set_model(model)
         self._preactivations = None  # compiled for the model set, at its first measurement
 
+    def unmeasurable(self):
+        reason = structure.chain_problem(self.model)
+        if reason is None and not any(step.kind == structure.NONLINEARITY
+                                      for step in structure.chain(self.model)):
+            reason = f"model {self.model.name!r} has no nonlinearity"
+        return reason
+
     def measure(self):
         scalars = {}
         if self._preactivations is None:
             self._preactivations = preactivations_function(self.model, self.probe_x, self.mode)
         for layer, values in self._preactivations().items():
+            values = values.reshape(len(values), -1)
             for group, data in ((f"unit_{self.unit}", values[:, self.unit]), ("all", values)):
                 for q, value in zip(PERCENTILES, np.percentile(data, PERCENTILES)):
                     scalars[tags.percentile(layer, group, q)] = value

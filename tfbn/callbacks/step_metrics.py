@@ -17,8 +17,11 @@ class StepMetrics(keras.callbacks.Callback):
     callback uses the true training step instead and keeps the test history
     for the trial's summary metrics.
 
+    Measures any model: it writes the logs Keras gives it.
+
     Args:
-        log_dir: The run directory the event file goes to.
+        log_dir: The run directory the events go to, or an `events.Writer`
+            that several callbacks share.
 
     Attributes:
         history: List of ``(step, logs)`` with each evaluation's Keras logs.
@@ -26,23 +29,50 @@ class StepMetrics(keras.callbacks.Callback):
 
     def __init__(self, log_dir):
         super().__init__()
-        self.log_dir = log_dir
+        self.writer = events.Writer.of(log_dir)
         self.history = []
-        self._writer = None
+
+    @property
+    def log_dir(self):
+        return self.writer.log_dir
+
+    def on_train_begin(self, logs=None):
+        self.writer.open()
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         logs = dict(logs or {})
         self.history.append((step, logs))
-        if self._writer is None:
-            self._writer = events.EventFile(self.log_dir)
-        events.write(self._writer, step, {tag(name): value for name, value in logs.items()},
-                     describe=len(self.history) == 1)
+        self.writer.write(step, {tag(name): value for name, value in logs.items()},
+                          describe=len(self.history) == 1)
 
     def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.writer.close()
+
+
+class TensorBoard(StepMetrics):
+    """`StepMetrics` that keras-tuner gives each trial's run folder, with the instruments sharing its writer.
+
+    keras-tuner treats a callback by its class name ``TensorBoard``: in each
+    trial of a search it sets the copy's ``log_dir`` to
+    ``<log_dir>/<trial id>/execution<n>`` and adds an HParams record there
+    (`keras_tuner.Tuner.run_trial`). Setting ``log_dir`` here moves the
+    writer, and with it every instrument of `tfbn.callbacks.instruments`,
+    which share it; the copies of one trial share a copy of the writer.
+
+    Measures any model.
+
+    Args:
+        log_dir: The run directory, or the `events.Writer` shared with the instruments.
+    """
+
+    @property
+    def log_dir(self):
+        return self.writer.log_dir
+
+    @log_dir.setter
+    def log_dir(self, value):
+        self.writer.log_dir = value
 
 
 def tag(log_name):

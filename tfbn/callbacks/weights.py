@@ -1,19 +1,20 @@
 """Weight histograms and kernel norms over training (claim 3: BN restrains weight growth)."""
 
-import keras
 import numpy as np
 
-from tfbn import tags
+from tfbn import structure, tags
 from tfbn.callbacks.periodic import Periodic
 
 
 class Weights(Periodic):
-    """Logs the weights of every Dense and BN layer every ``every`` steps.
+    """Logs the weights of every layer every ``every`` steps.
 
-    Tags: ``weights/values/<dense layer>/kernel`` and ``weights/values/<bn
-    layer>/<gamma, beta, moving_mean, moving_variance>`` histograms (every
-    weight of any other layer that has weights, too), and
-    ``weights/norm/<dense layer>`` scalars (L2 norm of the kernel).
+    Measures any model that has weights. Tags: ``weights/values/<kernel
+    layer>/kernel`` histograms and ``weights/norm/<kernel layer>`` scalars (L2
+    norm of the kernel) for every Dense and convolution layer, and
+    ``weights/values/<layer>/<variable>`` histograms of every weight of the
+    other layers (BN's gamma, beta, moving_mean and moving_variance). Layers
+    of nested models count as the model's own.
 
     Keras's `keras.callbacks.TensorBoard` writes weight histograms only at
     epoch ends against the epoch index; `tfbn.training` runs one epoch per
@@ -21,14 +22,18 @@ class Weights(Periodic):
     training step.
 
     Args:
-        log_dir: The run directory the event file goes to.
+        log_dir: The run directory, or an `events.Writer` shared with other callbacks.
         every: Training steps between two writes.
     """
 
+    def unmeasurable(self):
+        return None if self.model.weights else f"model {self.model.name!r} has no weights"
+
     def measure(self):
         scalars, histograms = {}, {}
-        for layer in self.model.layers:
-            if isinstance(layer, keras.layers.Dense):
+        kernels = {id(layer) for layer in structure.kernel_layers(self.model)}
+        for layer in structure.layers(self.model):
+            if id(layer) in kernels:
                 kernel = layer.kernel.numpy()
                 histograms[tags.weights(layer.name, "kernel")] = kernel
                 scalars[tags.weight_norm(layer.name)] = np.linalg.norm(kernel)
