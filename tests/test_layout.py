@@ -5,6 +5,7 @@ import time
 
 from tfbn.config import load_config
 from tfbn.layout import study_layout
+from tfbn.tags import JACOBIAN_STATISTICS, describe, jacobian
 from tfbn.run import main
 
 from helpers import QUICKSTART, get_json, read_scalars, tensorboard_server
@@ -19,6 +20,14 @@ def test_that_the_layout_has_a_chart_per_layer_of_each_recorded_instrument():
     assert [chart.title for chart in layout.category[1].chart] == ["dense_1", "dense_2", "dense_3", "logits"]
     assert list(layout.category[2].chart[0].multiline.tag) == [r"^jacobian/network/mean_square$"]
     assert [chart.title for chart in layout.category[3].chart] == ["dense_2", "dense_3", "logits"]
+
+
+def test_that_each_jacobian_statistic_charted_has_its_own_description():
+    descriptions = {s: describe(jacobian("dense_1", s)) for s in JACOBIAN_STATISTICS}
+    assert len(set(descriptions.values())) == len(JACOBIAN_STATISTICS)
+    assert descriptions["share_0.5_to_2"] == describe(jacobian("network", "singular_values")) + (
+        "; this one: the share of singular values within [0.5, 2], neither shrinking nor "
+        "stretching a direction more than twofold (1: all of them)")
 
 
 def test_that_tensorboard_serves_each_chart_once_for_two_studies_and_it_matches_every_trials_tags(tmp_path):

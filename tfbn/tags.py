@@ -131,7 +131,21 @@ _DESCRIPTIONS = {
 }
 
 
+# What each summary number of a Jacobian spectrum is, appended to the family's description.
+_JACOBIAN_STATISTICS = {
+    "max": "this one: the largest singular value over the probe set",
+    "min": "this one: the smallest singular value over the probe set",
+    "mean": "this one: the mean singular value over the probe set",
+    "mean_square": "this one: the mean squared singular value over the probe set",
+    "share_0.5_to_2": "this one: the share of singular values within [0.5, 2], neither "
+                      "shrinking nor stretching a direction more than twofold (1: all of them)",
+}
+
+
 def describe(tag):
     """The one-line description of a tag's family, for TensorBoard; empty for unknown tags."""
     families = [family for family in _DESCRIPTIONS if tag.startswith(family + "/")]
+    statistic = tag.rpartition("/")[2]
+    if tag.startswith(JACOBIAN + "/") and statistic in _JACOBIAN_STATISTICS:
+        return f"{_DESCRIPTIONS[JACOBIAN]}; {_JACOBIAN_STATISTICS[statistic]}"
     return _DESCRIPTIONS[max(families, key=len)] if families else ""
