@@ -142,7 +142,7 @@ def test_that_a_packed_branch_takes_the_gradient_of_its_own_loss_with_its_own_op
     copies = [tfbn.build_mlp((64,), 10, (20,), "sigmoid", bn, seed=1) for bn in ("none", "before")]
     model = PackedModel(networks, [build_optimizer(config.train), build_optimizer(adam.train)],
                         data.x_train, data.y_train)
-    indices = tf.constant(np.arange(32))
+    indices = tf.constant(np.arange(32)[:, None])  # one stream
     x, y = data.x_train[:32], data.y_train[:32]
     model.train_step(indices)
     for network, copy, lr, kind in zip(networks, copies, (0.01, 0.003), ("sgd", "adam")):
@@ -177,7 +177,7 @@ def test_that_a_block_of_steps_in_one_call_equals_one_call_per_step():
 
     blocked, stepped = pack(), pack()
     assert [group.branches for group in blocked.kernel_groups] == [[0, 2]]
-    block = np.random.default_rng(0).integers(0, len(data.y_train), size=(5, 32))
+    block = np.random.default_rng(0).integers(0, len(data.y_train), size=(5, 32, 1))
     blocked.train_step(tf.constant(block))
     for indices in block:
         stepped.train_step(tf.constant(indices))
@@ -199,7 +199,7 @@ def test_that_evaluation_with_batch_statistics_changes_no_variable(bn):
     model = PackedModel([network], [build_optimizer(load_config(QUICKSTART).train)],
                         data.x_train, data.y_train)
     for _ in range(3):
-        model.train_step(tf.constant(np.arange(64)))
+        model.train_step(tf.constant(np.arange(64)[:, None]))
     before = [v.numpy().copy() for v in network.variables]
     [[measured]] = PackEvaluation(model, [[(data.x_test, data.y_test)]], 100)()
     assert [v.path for v in network.variables] and all(
@@ -226,7 +226,7 @@ def test_that_nested_test_splits_share_one_first_layer_product_and_measure_as_al
     model = PackedModel(networks, [build_optimizer(base.train) for _ in networks],
                         split["1:1"].x_train, split["1:1"].y_train)
     for _ in range(3):
-        model.train_step(tf.constant(np.arange(64)))
+        model.train_step(tf.constant(np.arange(64)[:, None]))
     uses = [[split["1:1"], split["1:3"], split["3:1"]], [split["1:3"]], [split["3:1"], other]]
     evaluation = PackEvaluation(model, [[(d.x_test, d.y_test) for d in used] for used in uses], 50)
     measured = evaluation()

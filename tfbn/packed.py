@@ -1,9 +1,10 @@
 """Several `tfbn.build_mlp` networks trained as branches of one Keras model.
 
 A network this small leaves most of a training step to per-operation overhead,
-so networks that see the same batches train faster in one graph than one after
-another. `PackedModel` holds the branches, feeds each training batch to all of
-them and minimises the sum of their losses. The gradient of that sum with
+so networks that train on the same data train faster in one graph than one after
+another. `PackedModel` holds the branches, feeds each its own seed's training
+batch from the one copy of the training split and minimises the sum of their
+losses. The gradient of that sum with
 respect to a branch's variables is exactly the gradient of the branch's own
 loss, and each branch has an optimizer of its own, so every branch takes
 exactly the updates it would take alone.
@@ -29,17 +30,20 @@ class PackedModel(keras.Model):
     """Branches fed the same batches, each with its own optimizer.
 
     The model is fed indices into the training split, which it holds in
-    memory and gathers from: `tfbn.data.training_indices`.
+    memory and gathers from: a batch ``[batch_size, streams]`` holds side by
+    side the index batches of the pack's seeds (`tfbn.data.seeded_indices`),
+    and each branch gathers the column of its own seed.
 
     `train_step` takes a batch of indices, or a block of consecutive batches
-    that it trains on in a loop inside the compiled step: Keras's own
+    ``[steps, batch_size, streams]`` that it trains on in a loop inside the
+    compiled step: Keras's own
     ``steps_per_execution`` still pays a dispatch and an input-pipeline read
     per step, which measured as much as a third of a 9-branch step at batch 64.
 
     The first Dense layers of branches trained by plain SGD (no momentum, no
     norm clipping) run as one matrix product of the batch with their kernels
-    side by side, kept during training in one variable (`KernelGroup`) that an
-    SGD of the same configuration updates: SGD's update is elementwise, so
+    side by side (those of branches on the same stream), kept during training
+    in one variable (`KernelGroup`) that an SGD of the same configuration updates: SGD's update is elementwise, so
     each column block takes exactly the update its branch's own optimizer
     would give it. Kernels in variables of their own would cost copies of
     every kernel and its gradient each step (joining them for the product,
@@ -53,6 +57,9 @@ class PackedModel(keras.Model):
     Between calls every branch holds exactly the variables it would hold if
     trained alone.
 
+    `restart` starts a new pack of the same shapes on the same model, so
+    that its compiled steps serve it without tracing or compiling again.
+
     Args:
         branches: `tfbn.models.MLP` networks; each keeps the gradients its
             optimizer applied (``kernel_gradients``), as when trained alone.
@@ -61,6 +68,8 @@ class PackedModel(keras.Model):
             branch as their model read its own step count.
         x_train: The training inputs, a NumPy array.
         y_train: Their integer labels.
+        streams: Per branch, the column of the index batches it trains on
+            (its seed's); None: all on one stream.
 
     Attributes:
         alive: Bool variable ``[branches]``: False once a branch's loss was not finite.
@@ -70,10 +79,11 @@ class PackedModel(keras.Model):
         kernel_groups: The `KernelGroup`s that train first-layer kernels side by side.
     """
 
-    def __init__(self, branches, optimizers, x_train, y_train, **kwargs):
+    def __init__(self, branches, optimizers, x_train, y_train, streams=None, **kwargs):
         super().__init__(**kwargs)
         self.branches = list(branches)
         self.branch_optimizers = list(optimizers)
+        self.streams = list(streams) if streams is not None else [0] * len(self.branches)
         for branch, optimizer in zip(self.branches, self.branch_optimizers):
             optimizer.build(branch.trainable_variables)
             branch.optimizer = optimizer
@@ -81,7 +91,9 @@ class PackedModel(keras.Model):
         # The rest of each branch after its first Dense layer: the same layers and variables.
         self.tails = [keras.Model(first.output, branch.output, name=f"{branch.name}_tail")
                       for first, branch in zip(self.first_layers, self.branches)]
-        self.kernel_groups = _kernel_groups(self.first_layers, self.branch_optimizers)
+        self.kernel_groups = [
+            KernelGroup(members, [self.first_layers[i] for i in members], optimizer)
+            for members, optimizer in kernel_groups(self.branch_optimizers, self.streams)]
         grouped = {i for group in self.kernel_groups for i in group.branches}
         # The variables each branch's own optimizer updates in training.
         self._own_variables = [
@@ -103,10 +115,35 @@ class PackedModel(keras.Model):
     def reset_totals(self):
         self.totals.assign(tf.zeros_like(self.totals))
 
+    def restart(self, networks, optimizers):
+        """Makes this pack start afresh as a pack of ``networks`` and ``optimizers``.
+
+        They must have the branches' shapes and optimizer configurations (the
+        compiled steps are kept); every branch variable (kernels, BN's
+        statistics, noise draws' states) takes its network's value, every
+        optimizer starts again, and no branch has diverged yet.
+
+        Args:
+            networks: Networks built as the branches were, with new initial values.
+            optimizers: Unbuilt optimizers configured as the branches' own.
+        """
+        for branch, network, own, fresh in zip(self.branches, networks, self.branch_optimizers,
+                                               optimizers, strict=True):
+            fresh.build(network.trainable_variables)
+            for variable, value in zip(branch.variables + own.variables,
+                                       network.variables + fresh.variables, strict=True):
+                variable.assign(value)
+            for gradient in branch.kernel_gradients.values():
+                gradient.assign(tf.zeros_like(gradient))
+        for group in self.kernel_groups:
+            group.restart([self.first_layers[i] for i in group.branches])
+        self.alive.assign(tf.ones_like(self.alive))
+        self.reset_totals()
+
     def train_step(self, indices):
-        """Trains on a batch of indices ``[batch]``, or on a block of consecutive batches
-        ``[steps, batch]`` in one loop inside the compiled step."""
-        if indices.shape.rank == 1:
+        """Trains on a batch of indices ``[batch, streams]``, or on a block of consecutive
+        batches ``[steps, batch, streams]`` in one loop inside the compiled step."""
+        if indices.shape.rank == 2:
             last = self._one_step(indices)
         else:
             def body(step, *last):
@@ -121,29 +158,32 @@ class PackedModel(keras.Model):
 
     def _one_step(self, indices):
         """One training step; returns its applied gradients and ``alive`` for `_publish`."""
-        x, y = tf.gather(self._x_train, indices), tf.gather(self._y_train, indices)
+        # Each stream's batch, gathered once for the branches that train on it.
+        x = {s: tf.gather(self._x_train, indices[:, s]) for s in sorted(set(self.streams))}
+        y = {s: tf.gather(self._y_train, indices[:, s]) for s in x}
+        labels = [y[s] for s in self.streams]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             products = {}
             for group in self.kernel_groups:
-                products.update(zip(group.branches, group.outputs(x)))
+                products.update(zip(group.branches, group.outputs(x[self.streams[group.branches[0]]])))
             logits = []
             for i, (first, tail) in enumerate(zip(self.first_layers, self.tails)):
-                z = products[i] if i in products else tf.matmul(x, first.kernel)
+                z = products[i] if i in products else tf.matmul(x[self.streams[i]], first.kernel)
                 logits.append(tail(z + first.bias if first.use_bias else z, training=True))
             # Per example; each replica's mean is divided by the replicas, whose
             # gradients the optimizers sum, as Keras's own loss scaling does.
-            losses = [keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True)
-                      for z in logits]
+            losses = [keras.losses.sparse_categorical_crossentropy(labels_i, z, from_logits=True)
+                      for labels_i, z in zip(labels, logits)]
             total = tf.add_n([tf.reduce_mean(loss) for loss in losses]) / replicas
         own_gradients, group_gradients = tape.gradient(
             total, (self._own_variables, [group.kernel for group in self.kernel_groups]))
         step_totals = tf.stack([
             tf.stack([tf.reduce_sum(tf.cast(loss, tf.float64)),
-                      tf.reduce_sum(tf.cast(tf.equal(tf.argmax(z, -1, output_type=y.dtype), y),
+                      tf.reduce_sum(tf.cast(tf.equal(tf.argmax(z, -1, output_type=y_i.dtype), y_i),
                                             tf.float64)),
-                      tf.cast(tf.shape(y)[0], tf.float64)])
-            for loss, z in zip(losses, logits)])
+                      tf.cast(tf.shape(y_i)[0], tf.float64)])
+            for loss, z, y_i in zip(losses, logits, labels)])
         context = tf.distribute.get_replica_context()
         if context is not None and replicas > 1:
             step_totals = context.all_reduce(tf.distribute.ReduceOp.SUM, step_totals)
@@ -201,6 +241,12 @@ class KernelGroup:
         self.optimizer = optimizer
         self.optimizer.build([self.kernel])
 
+    def restart(self, layers):
+        """Takes the layers' kernels again and starts the optimizer's step count afresh
+        (its configuration, learning rate included, is that of the new branches)."""
+        self.kernel.assign(tf.concat([layer.kernel.value for layer in layers], axis=1))
+        self.optimizer.iterations.assign(0)
+
     def outputs(self, x):
         """Each branch's first-layer product ``x @ kernel`` (bias not added)."""
         return self.split(tf.matmul(x, self.kernel))
@@ -215,20 +261,32 @@ class KernelGroup:
         return tf.where(columns[tf.newaxis, :], gradient, tf.zeros_like(gradient))
 
 
-def _kernel_groups(first_layers, optimizers):
-    """A `KernelGroup` per configuration of plain SGD among ``optimizers``, in order of appearance."""
+def kernel_groups(optimizers, streams):
+    """The branches whose first-layer kernels train side by side, and the SGD of each group.
+
+    One group per stream and configuration of plain SGD among ``optimizers``,
+    in order of appearance: elementwise and stateless, one SGD on the joint
+    kernel updates each branch's block as the branch's own would.
+
+    Returns:
+        A list of ``(branch positions, unbuilt SGD)``.
+    """
     groups = {}
-    for i, optimizer in enumerate(optimizers):
+    for i, (optimizer, stream) in enumerate(zip(optimizers, streams)):
         config = optimizer.get_config()
-        # Elementwise and stateless: one SGD on the joint kernel updates each block as its own would.
         if (type(optimizer) is keras.optimizers.SGD and not config["momentum"]
                 and not config["use_ema"] and config["clipnorm"] is None
                 and config["global_clipnorm"] is None):
-            key = repr(sorted((k, v) for k, v in config.items() if k != "name"))
+            key = (stream, optimizer_key(optimizer))
             groups.setdefault(key, (optimizer, []))[1].append(i)
-    return [KernelGroup(members, [first_layers[i] for i in members],
-                        keras.optimizers.SGD.from_config(optimizer.get_config()))
+    return [(members, keras.optimizers.SGD.from_config(optimizer.get_config()))
             for optimizer, members in groups.values()]
+
+
+def optimizer_key(optimizer):
+    """An optimizer's class and configuration, without its name: equal for equal optimizers."""
+    return type(optimizer).__name__, repr(sorted((k, v) for k, v in optimizer.get_config().items()
+                                                 if k != "name"))
 
 
 def first_layer_outputs(x, layers):

@@ -1,7 +1,8 @@
 """Step-based training of trials, one network per trial or several packed together.
 
-A *pack* is a list of branches; a branch is one network trained on the shared
-batches (`tfbn.packed.PackedModel`), and measured as one or more trials
+A *pack* is a list of branches; a branch is one network trained on its own
+seed's batches from the pack's shared training split (`tfbn.packed.PackedModel`),
+and measured as one or more trials
 (`Target`), each on its own test split: trials that differ only in the test
 split (``data.test_ratio``) share a training. Every trial keeps its own
 TensorBoard run, instruments and summary, exactly as if it had trained alone;
@@ -12,27 +13,51 @@ Training runs ``train.steps`` steps as ``steps / eval_every`` Keras epochs of
 ``eval_every`` steps each; after each, every trial is evaluated on its test
 split (BN with its moving statistics, and with each test batch's own
 statistics) by one compiled call over the in-memory test sets.
+
+Packs of the same shapes (branch networks, optimizers, streams, batch size and
+training data) train on one model, restarted with each pack's initial values:
+its steps are traced and compiled once per process, however many packs follow.
 """
 
+import collections
 import contextlib
 import dataclasses
+import json
 import math
 import time
 
 import keras
 
+from tfbn import interrupts
 from tfbn.callbacks import SharedSpectra, StepMetrics, TrainingSample, build_instruments
 from tfbn.config import absolute_threshold
-from tfbn.data import load_data, training_indices
+from tfbn.data import load_data, seeded_indices
 from tfbn.errors import DataError
 from tfbn.models import build_mlp, initializer_from
-from tfbn.packed import PackEvaluation, PackedModel
+from tfbn.packed import PackEvaluation, PackedModel, kernel_groups, optimizer_key
 from tfbn.results import TrialResult
 
 # Training steps per call into the compiled graph (a block of batches that
 # `tfbn.packed.PackedModel` loops over); per-step Python dispatch dominates an
 # MLP this small (about 30x slower with one step per call on 2 CPU cores).
 MAX_STEPS_PER_EXECUTION = 50
+
+# Compiled packs kept for packs of the same shapes. TensorFlow keeps what XLA
+# compiled for a model as long as the process lives (about 30 MB for a
+# 3-branch pack of the quickstart's networks): a process that compiled a
+# model per pack grew by that much with every pack. A study has a few shapes.
+MAX_COMPILED_PACKS = 8
+_compiled = collections.OrderedDict()  # shape key -> _Compiled, least recently used first
+
+
+@dataclasses.dataclass
+class _Compiled:
+    """A compiled `PackedModel`, what it was built for, and its last evaluation."""
+
+    model: object
+    x_train: object  # kept, so that no other array takes its id in the key
+    evaluation: object = None
+    splits: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +134,8 @@ def train_pack(branches, strategy=None, on_result=None, datasets=None):
 
     Args:
         branches: A list of branches, each a list of `Target`s. All branches
-            must share the data stream: the training data, ``train.seed``,
-            ``batch_size``, ``steps`` and ``eval_every``.
+            must share the training data, ``batch_size``, ``steps`` and
+            ``eval_every``; each trains on its own ``train.seed``'s batches.
         strategy: A `tf.distribute.Strategy` to build and train under, or None.
         on_result: Called as ``on_result(target, result)`` for each trial as
             soon as its branch has finished (or diverged).
@@ -128,29 +153,74 @@ def train_pack(branches, strategy=None, on_result=None, datasets=None):
     if train.batch_size > len(data.y_train):
         raise DataError(f"train.batch_size {train.batch_size} exceeds the {len(data.y_train)} "
                         "training examples; lower the batch size")
-    with strategy.scope() if strategy else contextlib.nullcontext():
-        model = PackedModel([build_model(targets[0].config, data) for targets in branches],
-                            [build_optimizer(targets[0].config.train) for targets in branches],
-                            data.x_train, data.y_train)
-        mirrored = strategy is not None and strategy.num_replicas_in_sync > 1
-        # XLA fuses a step's many small operations: about a third less CPU time.
-        model.compile(optimizer=None, jit_compile=not mirrored)  # each branch has its own optimizer
-    splits = [[(d.x_test, d.y_test) for d in branch_data] for branch_data in datasets]
-    driver = _PackDriver(branches, datasets, PackEvaluation(model, splits, train.eval_batch_size),
-                         on_result)
-    indices = training_indices(len(data.y_train), train.batch_size, train.seed)
+    # The pack's distinct seeds, in order of appearance: one stream of batches each.
+    seeds = list(dict.fromkeys(targets[0].config.train.seed for targets in branches))
+    streams = [seeds.index(targets[0].config.train.seed) for targets in branches]
+    mirrored = strategy is not None and strategy.num_replicas_in_sync > 1
     # Under MirroredStrategy one step per call: a replica's loop over a block
     # would all-reduce inside it, and the strategy splits a block's first axis.
     block = 1 if mirrored else steps_per_execution(train.eval_every)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        compiled = _compiled_pack([build_model(targets[0].config, data) for targets in branches],
+                                  [build_optimizer(targets[0].config.train) for targets in branches],
+                                  streams, data, strategy, block)
+    model = compiled.model
+    splits = tuple(tuple((d.x_test, d.y_test) for d in branch_data) for branch_data in datasets)
+    if compiled.evaluation is None or not _same_arrays(splits, compiled.splits) \
+            or compiled.evaluation.batch_size != train.eval_batch_size:
+        compiled.evaluation = PackEvaluation(model, splits, train.eval_batch_size)
+        compiled.splits = splits
+    driver = _PackDriver(branches, datasets, compiled.evaluation, on_result)
+    indices = seeded_indices(len(data.y_train), train.batch_size, seeds)
     model.fit(
         indices if block == 1 else indices.batch(block, drop_remainder=True),
         steps_per_epoch=train.eval_every // block,
         epochs=train.steps // train.eval_every,
-        callbacks=[driver],
+        # A stop asked for (Ctrl-C, SIGTERM) ends the training between blocks of steps.
+        callbacks=[interrupts.stop_callback(), driver],
         shuffle=False,  # the pipeline shuffles, seeded
         verbose=0,
     )
     return driver.results
+
+
+def _compiled_pack(networks, optimizers, streams, data, strategy, block):
+    """A `PackedModel` of ``networks`` compiled for steps of ``block`` batches: the one
+    kept for packs of their shapes, restarted with their values, or a new one."""
+    key = (tuple(map(_structure, networks)), tuple(map(optimizer_key, optimizers)),
+           tuple(streams), tuple(tuple(members) for members, _ in kernel_groups(optimizers, streams)),
+           data.x_train.shape, id(data.x_train), strategy, block)
+    compiled = _compiled.get(key)
+    if compiled is not None:
+        _compiled.move_to_end(key)
+        compiled.model.restart(networks, optimizers)
+        return compiled
+    model = PackedModel(networks, optimizers, data.x_train, data.y_train, streams)
+    # XLA fuses a step's many small operations: about a third less CPU time.
+    mirrored = strategy is not None and strategy.num_replicas_in_sync > 1
+    model.compile(optimizer=None, jit_compile=not mirrored)  # each branch has its own optimizer
+    _compiled[key] = compiled = _Compiled(model, data.x_train)
+    while len(_compiled) > MAX_COMPILED_PACKS:
+        _compiled.popitem(last=False)
+    return compiled
+
+
+def _structure(network):
+    """What a network computes, without its initial values: its configuration, seeds left out."""
+    def unseeded(value):
+        if isinstance(value, dict):
+            return {k: unseeded(v) for k, v in value.items() if k != "seed"}
+        if isinstance(value, (list, tuple)):
+            return [unseeded(v) for v in value]
+        return value
+    return json.dumps(unseeded(network.get_config()), sort_keys=True, default=repr)
+
+
+def _same_arrays(splits, others):
+    """Whether two nested tuples hold the very same arrays."""
+    return len(splits) == len(others) and all(
+        len(a) == len(b) and all(x is u and y is v for (x, y), (u, v) in zip(a, b))
+        for a, b in zip(splits, others))
 
 
 class _PackDriver(keras.callbacks.Callback):

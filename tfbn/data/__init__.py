@@ -105,13 +105,28 @@ def training_indices(num_examples, batch_size, seed):
 
     The shuffle draws the same permutation whatever the elements are, so
     gathering these indices from the training arrays gives exactly the
-    batches of `training_batches`; `tfbn.packed.PackedModel` trains on them,
-    which spares the pipeline from copying every image.
+    batches of `training_batches`.
     """
-    return _from_memory(tf.data.Dataset.range(num_examples)
-                        .shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
-                        .repeat()
-                        .batch(batch_size, drop_remainder=True))
+    return _from_memory(_shuffled_indices(num_examples, batch_size, seed))
+
+
+def seeded_indices(num_examples, batch_size, seeds):
+    """Index batches of several seeds side by side: ``[batch_size, len(seeds)]`` each.
+
+    Column ``s`` is exactly the stream of `training_indices` with ``seeds[s]``,
+    so each branch of a `tfbn.packed.PackedModel` that gathers its column from
+    the training arrays sees its own seed's batches, as it would alone; the
+    arrays themselves are held once.
+    """
+    streams = tuple(_shuffled_indices(num_examples, batch_size, seed) for seed in seeds)
+    return _from_memory(tf.data.Dataset.zip(streams).map(lambda *batches: tf.stack(batches, -1)))
+
+
+def _shuffled_indices(num_examples, batch_size, seed):
+    return (tf.data.Dataset.range(num_examples)
+            .shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(batch_size, drop_remainder=True))
 
 
 def make_datasets(data, batch_size, seed, eval_batch_size=1000):
