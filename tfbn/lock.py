@@ -20,8 +20,13 @@ from tfbn.errors import ConfigError
 
 
 @contextlib.contextmanager
-def experiment_lock(log_dir, experiment):
+def experiment_lock(log_dir, experiment, rename="give this run another name (--set experiment=NAME)"):
     """Holds the lock of ``<log_dir>/<experiment>`` while the block runs.
+
+    Args:
+        log_dir: The study's ``log.dir``.
+        experiment: Its experiment name.
+        rename: How the message to a second run says to rename the experiment.
 
     Raises:
         ConfigError: another live run holds it (naming its pid and host and
@@ -41,8 +46,7 @@ def experiment_lock(log_dir, experiment):
             holder = lock_file.read().strip() or "another process"
             raise ConfigError(
                 f"{os.path.join(log_dir, experiment)} is in use by a run of this experiment "
-                f"({holder}); wait for it to finish (rerun then to resume), or give this run "
-                "another name (--set experiment=NAME)") from None
+                f"({holder}); wait for it to finish (rerun then to resume), or {rename}") from None
         previous = lock_file.read().strip()
         if previous:  # the kernel released it: that holder is gone
             print(f"tfbn: taking over the lock of {previous}, which is no longer running",
