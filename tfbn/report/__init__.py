@@ -26,14 +26,6 @@ import os
 import sys
 
 from tfbn.errors import UserError
-from tfbn.report.document import build_document, verdict_table
-from tfbn.report.figures import draw_figures
-from tfbn.report.render import to_html, to_markdown
-from tfbn.report.stats import CONTRADICTED, MIXED, SUPPORTED
-from tfbn.report.summaries import (CLAIMS, claim_sides, claim_verdicts, summarise_levels,
-                                   summarise_mechanisms)
-from tfbn.report.tensorboard import figure_pointer, write_report_run
-from tfbn.report.trials import load_study
 
 
 def write_report(experiment_dir):
@@ -54,6 +46,15 @@ def write_report(experiment_dir):
 
 def _write_report(experiment_dir):
     """Writes the report; returns the path of ``report.md`` and Summary II's measures."""
+    # Imported here, not with the package: they load TensorFlow, which
+    # ``python -m tfbn.report --help`` does without and `main` loads quietly.
+    from tfbn.report.document import build_document, verdict_table
+    from tfbn.report.figures import draw_figures
+    from tfbn.report.render import to_html, to_markdown
+    from tfbn.report.summaries import summarise_levels, summarise_mechanisms
+    from tfbn.report.tensorboard import figure_pointer, write_report_run
+    from tfbn.report.trials import load_study
+
     study = load_study(experiment_dir)
     report_dir = os.path.join(experiment_dir, "report")
     os.makedirs(report_dir, exist_ok=True)
@@ -81,6 +82,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tfbn.report", description=__doc__.split("\n")[0])
     parser.add_argument("experiment_dir", help="a study's folder, <log.dir>/<experiment>")
     args = parser.parse_args(argv)
+    from tfbn.run import quiet_tensorflow_start
+
+    quiet_tensorflow_start()
+    from tfbn.report.stats import CONTRADICTED, MIXED, SUPPORTED
+    from tfbn.report.summaries import CLAIMS, claim_sides, claim_verdicts
+
     try:
         path, measures = _write_report(args.experiment_dir)
     except UserError as e:
