@@ -7,6 +7,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
+from tfbn.report.figures import _landscape, _layer_grid, draw_figures
 from tfbn.report.summaries import CLAIMS, summarise_mechanisms
 from tfbn.report.trials import load_study
 from tfbn.run import main
@@ -72,3 +73,28 @@ def test_that_a_study_without_the_instruments_has_no_rows_for_their_claims(study
     config = dataclasses.replace(study.config, log=log)
     measures = summarise_mechanisms(dataclasses.replace(study, config=config))
     assert {m.claim for m in measures} & {7, 8, 9} == set()
+
+
+def test_that_the_ics_and_landscape_figures_draw_each_arms_mean_over_seeds(study, tmp_path):
+    plots = {plot.name: plot for plot in draw_figures(study, str(tmp_path))}
+    for name in ("ics_l2", "ics_cosine", "landscape"):
+        assert plots[name].path and plots[name].skipped is None
+    # One panel per layer (dense_2, logits) and per measure, in both the PNG and the panels.
+    assert [title for title, _ in plots["ics_l2"].panels] == ["act=sigmoid  dense_2", "act=sigmoid  logits"]
+    figures = {"ics_l2": _layer_grid(study, "ics/l2", "||G - G'||", "ics", True),
+               "landscape": _landscape(study)}
+    for name, tag in (("ics_l2", "ics/l2/logits"), ("landscape", "landscape/beta_smoothness")):
+        ax = figures[name].axes[-1]
+        lines = {line.get_label(): line for line in ax.lines}
+        assert set(lines) == {"bn=none", "bn=before", "bn=noisy"}
+        for arm, line in lines.items():
+            runs = [logged_series(f"{study.experiment_dir}/{arm},seed={s}", tag) for s in SEEDS]
+            assert line.get_xdata().tolist() == runs[0][0]  # 0, 50, ..., 200
+            np.testing.assert_allclose(line.get_ydata(), np.mean([values for _, values in runs], 0))
+        assert ax.get_yscale() == "log"
+
+
+def logged_series(run_dir, tag):
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0}).Reload()
+    points = sorted((e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors(tag))
+    return [step for step, _ in points], [value for _, value in points]

@@ -139,7 +139,29 @@ def _plan(study):
          "(final_accuracy_batch_stats); without BN both modes are the same network, so `none` "
          "shows final_accuracy in both panels. Mean with min-max bars over the trials.",
          functools.partial(_class_ratio, study)),
+        *_optimization_plan(study),
     ]
+
+
+def _optimization_plan(study):
+    """The figures of claims 7 and 8 (Santurkar et al. 2018, figures 5 and 4), where a study
+    records their instruments."""
+    plan = []
+    if "ics" in study.config.log.instruments:
+        plan += [(f"ics_{kind}", f"Internal covariate shift per layer, {kind} (claims 7, 9)",
+                  f"{what} between a layer's kernel gradient G on a training batch before and G' "
+                  f"after the earlier layers take that step's update, against the step, BN arms "
+                  f"overlaid (Santurkar et al. 2018, fig. 5); {BAND}.",
+                  functools.partial(_layer_grid, study, f"{tags.ICS}/{kind}", what, "ics", log))
+                 for kind, what, log in (("l2", "||G - G'||", True), ("cosine", "cos(G, G')", False))]
+    if "landscape" in study.config.log.instruments:
+        plan.append(("landscape", "Loss landscape along the gradient (claim 8)",
+                     "Over training, per BN arm (Santurkar et al. 2018, fig. 4): the range of the "
+                     "loss (loss variation), the largest change of the gradient (gradient "
+                     "predictiveness) and that change over the step's length (effective "
+                     "beta-smoothness) as the step along the gradient goes from 0.25x to 4x the "
+                     f"learning rate; log scale; {BAND}.", functools.partial(_landscape, study)))
+    return plan
 
 
 def _figure(rows, columns):
@@ -345,5 +367,22 @@ def _class_ratio(study):
         ax.set_xlabel("test class ratio")
         ax.set_ylabel("final test accuracy")
         ax.set_title(mode, fontsize="medium")
+    _legend(figure, axes)
+    return figure
+
+
+def _landscape(study):
+    names = [tags.landscape(name) for name in tags.LANDSCAPE_MEASURES]
+    _check_curves(study, names, "landscape")
+    rows = _activation_rows(study)
+    figure, axes = _figure(len(rows), len(names))
+    for (label, chosen), row in zip(rows, axes):
+        for name, ax in zip(names, row):
+            for bn in study.bn_levels:
+                _band(ax, study.select(**chosen, bn=bn), name, f"bn={bn}", _color(bn))
+            if ax.has_data():
+                ax.set_yscale("log")
+            ax.set_title(f"{label}  {name.split('/')[1].replace('_', ' ')}", fontsize="medium")
+            ax.set_xlabel("step")
     _legend(figure, axes)
     return figure
