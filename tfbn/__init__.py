@@ -12,6 +12,7 @@ Modules:
 
 * `tfbn.callbacks`: the instruments as Keras callbacks that write TensorBoard runs.
 * `tfbn.instruments`: the same measurements as functions of a model and data.
+* `tfbn.structure`: where the instruments find what they measure in a Keras model.
 * `tfbn.tags`: the TensorBoard tags the instruments write and the report reads.
 * `tfbn.report`: the report of a finished study (``python -m tfbn.report``).
 * `tfbn.config`, `tfbn.data`, `tfbn.design`, `tfbn.models`, `tfbn.results`,
@@ -34,7 +35,8 @@ _EXPORTS = {"Config": "tfbn.config", "load_config": "tfbn.config", "load_data": 
             "make_datasets": "tfbn.data", "build_mlp": "tfbn.models", "run_study": "tfbn.sweep"}
 
 _SUBMODULES = ("callbacks", "config", "data", "design", "errors", "instruments", "models", "noise",
-               "packed", "packing", "renorm", "report", "results", "sweep", "tags", "training")
+               "packed", "packing", "renorm", "report", "results", "structure", "sweep", "tags",
+               "training")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
