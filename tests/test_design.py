@@ -2,7 +2,7 @@ import itertools
 from collections import Counter
 
 from tfbn.config import flatten, parse_config, to_dict
-from tfbn.design import apply_factors, design_points, run_name
+from tfbn.design import apply_factors, default_value, design_points, run_name
 
 # Every factor, with two levels that differ from the defaults below.
 TWO_LEVELS = {
@@ -100,3 +100,24 @@ def test_that_apply_factors_sets_exactly_the_fields_of_the_points_factors():
     assert {key: after[key] for key in after if after[key] != before[key]} == expected
     assert to_dict(base) == to_dict(config(train={"steps": 300}))  # the config is untouched
 
+
+
+def test_that_a_dotted_factor_is_labelled_by_its_key_and_sets_that_key():
+    base = config(factors={"bn": ["before"], "model.bn_momentum": [0.9, 0.99],
+                           "train.threshold": [0.5]})
+    points = design_points(base)
+    assert [run_name(p) for p in points] == [
+        "bn=before,bn_momentum=0.9,threshold=0.5", "bn=before,bn_momentum=0.99,threshold=0.5"]
+    trial = apply_factors(base, points[1])
+    assert (trial.model.bn_momentum, trial.train.threshold) == (0.99, 0.5)
+    assert default_value(base, "model.bn_momentum") == base.model.bn_momentum
+
+
+def test_that_one_at_a_time_varies_a_dotted_factor_from_the_configs_own_value():
+    base = config("one_at_a_time", {"bn": ["none", "before"], "model.bn_epsilon": [0.1]},
+                  model={"bn_epsilon": 0.001})
+    assert design_points(base) == [
+        {"model.bn_epsilon": 0.001, "bn": "none", "seed": 0},
+        {"model.bn_epsilon": 0.001, "bn": "before", "seed": 0},
+        {"model.bn_epsilon": 0.1, "bn": "none", "seed": 0},
+        {"model.bn_epsilon": 0.1, "bn": "before", "seed": 0}]

@@ -8,6 +8,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
+from tfbn.config import load_config
+from tfbn.design import design_points
+from tfbn.packing import plan_packs
 from tfbn.run import main
 
 from helpers import QUICKSTART
@@ -134,3 +137,56 @@ def test_that_a_resume_refuses_a_changed_bn_sync_by_name_and_accepts_a_changed_d
     assert run(tmp_path, "study.factors.bn=[before]", "distribute.parallel_trials=1",
                "log.gradients_every=20") == 0
     assert len(list(csv.DictReader(open(tmp_path / "quickstart" / "results.csv")))) == 1
+
+
+def test_that_a_dotted_factor_runs_as_a_study_and_its_packed_trials_equal_solo_ones(tmp_path):
+    factors = "study.factors={bn: [before], model.bn_momentum: [0.9, 0.99]}"
+    assert run(tmp_path, factors, "train.steps=100") == 0
+    assert run(tmp_path, factors, "train.steps=100", "train.pack=off", "experiment=solo") == 0
+    packed = list(csv.DictReader(open(tmp_path / "quickstart" / "results.csv")))
+    solo = list(csv.DictReader(open(tmp_path / "solo" / "results.csv")))
+    assert [(row["run"], row["model.bn_momentum"], row["status"]) for row in packed] == [
+        ("bn=before,bn_momentum=0.9", "0.9", "ok"), ("bn=before,bn_momentum=0.99", "0.99", "ok")]
+    # The momentum changes the moving statistics that the test accuracy normalizes by.
+    assert packed[0]["final_accuracy"] != packed[1]["final_accuracy"]
+    assert [row["final_accuracy"] for row in packed] == [row["final_accuracy"] for row in solo]
+
+
+USER_MODELS = """
+import keras
+
+calls = []
+
+
+def build(input_shape, num_classes, hidden_units, bn, seed):
+    calls.append((input_shape, num_classes, hidden_units, bn, seed))
+    inputs = keras.Input(input_shape, name="input")
+    x = keras.layers.Dense(hidden_units[0], name="dense_1",
+                           kernel_initializer=keras.initializers.GlorotUniform(seed))(inputs)
+    if bn == "before":
+        x = keras.layers.BatchNormalization(name="bn_1")(x)
+    x = keras.layers.Activation("relu", name="act_1")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(x))
+"""
+
+
+def test_that_a_model_builder_study_trains_the_users_function_one_trial_a_pack(
+        tmp_path, monkeypatch, capsys):
+    (tmp_path / "user_models.py").write_text(USER_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert run(tmp_path, "model.builder=user_models:build", "model.width=16",
+               "study.factors.bn=[none, before]", "log.instruments=[weights]") == 0
+    import user_models
+
+    config = load_config(QUICKSTART, ["model.builder=user_models:build", "study.factors.bn=[none, before]"])
+    assert [len(pack.points) for pack in plan_packs(config, design_points(config))] == [1, 1]
+    # In design order, each building its network once.
+    assert user_models.calls == [((64,), 10, (16, 16), "none", 0), ((64,), 10, (16, 16), "before", 0)]
+    experiment = tmp_path / "quickstart"
+    assert [row["status"] for row in csv.DictReader(open(experiment / "results.csv"))] == ["ok", "ok"]
+    # The user's one hidden layer, not build_mlp's two.
+    assert {tag.split("/")[-1] for tag in read_scalars(experiment / "bn=before")
+            if tag.startswith("weights/norm/")} == {"dense_1", "logits"}
+    assert run(tmp_path, "model.builder=user_models:absent", "experiment=other") == 2
+    assert "model.builder 'user_models:absent': user_models has no function absent" in (
+        capsys.readouterr().err)

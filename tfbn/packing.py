@@ -17,6 +17,7 @@ others run out of work.
 import dataclasses
 import math
 
+from tfbn.config import factor_field
 from tfbn.design import apply_factors, run_name
 
 # Branches per pack with `train.pack: auto`. On 2 CPU cores, in steady state (graph
@@ -61,6 +62,18 @@ class Pack:
     def name(self):
         """Names the pack by its trials' run names, e.g. ``bn=none+bn=before``."""
         return "+".join(run_name(point) for point in self.points)
+
+
+# Keys whose one value a pack applies to all its branches: the batch size of its
+# evaluations, and the packing itself.
+PACK_KEYS = (("train", "eval_batch_size"), ("train", "pack"))
+
+
+def _trains_alone(trial, point):
+    """Whether a design point trains in a pack of its own: its network is the user's
+    (``model.builder``; the packing equivalence tests cover `tfbn.build_mlp`'s
+    networks only), or it varies one of `PACK_KEYS`."""
+    return trial.model.builder is not None or any(factor_field(name) in PACK_KEYS for name in point)
 
 
 def max_branches(config):
@@ -109,6 +122,8 @@ def plan_packs(config, points):
         data = dataclasses.replace(trial.data, test_ratio=None, max_test_per_class=None)
         stream = (data, trial.train.seed, trial.train.batch_size, trial.train.steps,
                   trial.train.eval_every)
+        if _trains_alone(trial, point):
+            stream += (run_name(point),)  # a stream, and so a pack, of its own
         network = (trial.model, trial.train)
         streams.setdefault(stream, {}).setdefault(network, []).append(point)
         trains.setdefault(stream, trial.train)

@@ -34,7 +34,7 @@ from tfbn.devices import build_strategy, check_batch_split
 from tfbn.errors import ConfigError, DataError
 from tfbn.lock import experiment_lock
 from tfbn.results import RESULT_COLUMNS, TrialResult, append_row, read_rows
-from tfbn.design import LABELS, apply_factors, design_points, run_name
+from tfbn.design import apply_factors, design_points, labels, run_name
 from tfbn.packing import plan_packs
 from tfbn.training import Target, train_pack
 
@@ -176,7 +176,7 @@ class StudyTuner(keras_tuner.Tuner):
         if self.quiet:
             return []
         mean = sum(self._trial_seconds) / len(self._trial_seconds) if self._trial_seconds else None
-        label = "  ".join(f"{LABELS[k]}={v}" for k, v in point.items())
+        label = "  ".join(labels(point))
         return [Progress(trial_config.train.steps,
                          prefix=f"trial {done + 1}/{len(self.points)}  {label}",
                          trials_after=trials_after, seconds_per_trial=mean,

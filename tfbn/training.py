@@ -22,6 +22,7 @@ its steps are traced and compiled once per process, however many packs follow.
 import collections
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import time
@@ -30,10 +31,10 @@ import keras
 
 from tfbn import interrupts
 from tfbn.callbacks import SharedSpectra, StepMetrics, TrainingSample, build_instruments
-from tfbn.config import absolute_threshold
+from tfbn.config import absolute_threshold, load_builder
 from tfbn.data import load_data, seeded_indices
-from tfbn.errors import DataError
-from tfbn.models import build_mlp, initializer_from
+from tfbn.errors import ConfigError, DataError
+from tfbn.models import MLP, build_mlp, initializer_from
 from tfbn.packed import PackEvaluation, PackedModel, kernel_groups, optimizer_key
 from tfbn.results import TrialResult
 
@@ -78,9 +79,17 @@ class Target:
 
 
 def build_model(config, data):
-    """The `tfbn.build_mlp` network a config describes, sized for ``data``."""
+    """The network a config describes, sized for ``data``.
+
+    `tfbn.build_mlp`'s, or, with ``model.builder``, the network of the user's
+    function that it names, called with those of `tfbn.build_mlp`'s keyword
+    arguments below that it declares (all of them if it takes ``**kwargs``).
+    That function must return a functional `keras.Model` from flat examples to
+    logits whose first layer is a Dense layer named ``dense_1`` on the input,
+    as `tfbn.build_mlp`'s is: packs train such networks (`tfbn.packed`).
+    """
     m = config.model
-    return build_mlp(
+    arguments = dict(
         input_shape=data.input_shape,
         num_classes=data.num_classes,
         hidden_units=(m.width,) * m.depth,
@@ -96,6 +105,24 @@ def build_model(config, data):
         kernel_initializer=initializer_from(m.initializer),
         logits_initializer=None if m.logits_initializer is None else initializer_from(m.logits_initializer),
     )
+    if m.builder is None:
+        return build_mlp(**arguments)
+    return _build_user_model(m.builder, arguments)
+
+
+def _build_user_model(spec, arguments):
+    """The network of the function ``model.builder`` names, as a `tfbn.models.MLP`."""
+    builder = load_builder(spec)
+    parameters = inspect.signature(builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        arguments = {name: value for name, value in arguments.items() if name in parameters}
+    network = builder(**arguments)
+    if not isinstance(network, keras.Model) or "dense_1" not in [l.name for l in network.layers]:
+        raise ConfigError(
+            f"model.builder {spec!r} returned {type(network).__name__}; return a functional "
+            "keras.Model whose first layer is a Dense layer named dense_1 (see tfbn.training.build_model)")
+    # The same layers as a model whose training step keeps its kernels' gradients.
+    return MLP(network.inputs, network.outputs, name=network.name)
 
 
 def build_optimizer(train_config):
