@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+from tfbn.run import main
+
 from helpers import FLAGS, WAIT_S, read_rows, set_args
 
 
@@ -39,3 +43,18 @@ def test_that_a_batch_two_replicas_can_share_trains_with_mirrored_strategy(tmp_p
     rows = read_rows(tmp_path / "quickstart")
     assert [(row["status"], row["steps_run"]) for row in rows] == [("ok", "100")], rows
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distribute.strategy=mirrored"], "distribute.strategy: mirrored needs two or more devices, "
+                                       "and this machine has 0 GPUs"),
+    (["distribute.strategy=mirrored", "distribute.devices=[/cpu:0]"],
+     "distribute.strategy: mirrored needs two or more devices, and distribute.devices lists 1"),
+    (["distribute.devices=[/gpu:5]"], "distribute.devices: this machine has no /gpu:5 (it has /cpu:0)"),
+    (["distribute.devices=[/cpu:0, /cpu:0]"], "distribute.devices: ['/cpu:0', '/cpu:0'] names a device twice"),
+    (["distribute.parallel_trials=1000"], "distribute.parallel_trials: 1000 workers, but this machine has"),
+])
+def test_that_devices_this_machine_lacks_are_refused_before_any_work(tmp_path, capsys, overrides, message):
+    assert main([*FLAGS, *set_args(tmp_path, *overrides)]) == 2
+    assert capsys.readouterr().err.startswith(f"tfbn: error: {message}")
+    assert not (tmp_path / "quickstart").exists()

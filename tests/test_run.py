@@ -190,3 +190,15 @@ def test_that_a_model_builder_study_trains_the_users_function_one_trial_a_pack(
     assert run(tmp_path, "model.builder=user_models:absent", "experiment=other") == 2
     assert "model.builder 'user_models:absent': user_models has no function absent" in (
         capsys.readouterr().err)
+
+
+def test_that_output_paths_of_the_wrong_kind_are_refused_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "quickstart" / "results.csv").mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    assert run(tmp_path) == 2
+    assert capsys.readouterr().err == (f"tfbn: error: {tmp_path}/quickstart/results.csv is not a regular "
+                                       "file; move it away, or pass --restart to move the earlier run aside\n")
+    assert main(["--config", QUICKSTART, "--restart", "--set", f"log.dir={tmp_path}",
+                 "--set", "experiment=.."]) == 2  # nothing outside log.dir is moved aside
+    assert "experiment: '..' is not one plain folder name" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before
