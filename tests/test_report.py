@@ -15,7 +15,9 @@ from tfbn import tags
 from tfbn.config import dump_config, parse_config
 from tfbn.report import main, write_report
 from tfbn.report.stats import holm, verdict
-from tfbn.report.summaries import claim_sides, claim_verdicts, summarise_levels, summarise_mechanisms
+from tfbn.report.document import verdict_table
+from tfbn.report.summaries import (claim_sides, claim_verdicts, level_verdicts, relative_steps,
+                                   summarise_levels, summarise_mechanisms)
 from tfbn.report.trials import load_study, read_events
 from tfbn.results import append_row
 from tfbn.run import main as run_main
@@ -513,3 +515,81 @@ def test_that_events_read_as_tensorboard_reads_them_from_several_files_and_forma
     assert [step for step, _ in read.histograms[kept]] == [0, 10, 20]
     for (_, buckets), want in zip(read.histograms[kept], expected[kept][1]):
         np.testing.assert_array_equal(buckets, want)
+
+
+def test_that_claim_10_gets_a_verdict_per_activation_beside_the_pooled_one(tmp_path):
+    config = parse_config({"experiment": "opposite", "log": {"dir": str(tmp_path)},
+                           "train": {"steps": 1000, "threshold": 0.9},
+                           "study": {"factors": {"activation": ["sigmoid", "relu"],
+                                                 "learning_rate": [0.01, 0.1, 1.0],
+                                                 "bn": ["none", "before"], "seed": [0, 1, 2]}}})
+    # Largest rate that trains: with sigmoid BN 1.0 and none 0.01; with relu the other way.
+    tolerated = {("sigmoid", "before"): 1.0, ("sigmoid", "none"): 0.01,
+                 ("relu", "before"): 0.01, ("relu", "none"): 1.0}
+
+    def result(point):
+        reached = point["learning_rate"] <= tolerated[point["activation"], point["bn"]]
+        return {"status": "ok", "final_accuracy": 0.95 if reached else 0.5,
+                "steps_to_threshold": 400 if reached else None}
+
+    measures = summarise_mechanisms(load_study(str(write_study(config, result))))
+    rate = {m.level: m for m in measures if m.claim == 10 and m.name.startswith("log10")}
+    assert list(rate) == ["", "activation=sigmoid", "activation=relu"]
+    assert [rate[level].effect.mean for level in rate] == pytest.approx([0, 2, -2])
+    assert [rate[level].effect.n for level in rate] == [6, 3, 3]
+    assert claim_verdicts(measures)[10] == "inconclusive"  # pooled: +2 and -2 cancel
+    assert level_verdicts(measures) == {10: {"activation=sigmoid": "supported",
+                                             "activation=relu": "contradicted"}}
+    # Holm's adjustment covers every test of the table, the per-level ones among them.
+    tested = [m.effect for m in measures if not np.isnan(m.effect.p)]
+    assert len(tested) == 9  # claims 1 (2), 6, and 10's two measures x (pooled + 2 levels)
+    assert [e.p_adjusted for e in tested] == pytest.approx(holm([e.p for e in tested]))
+    table = verdict_table(measures)
+    assert table.header[:3] == ("claim", "verdict", "per level")
+    row = next(r for r in table.rows if r[0].startswith("10."))
+    assert row[1:3] == ("*inconclusive*", "activation=sigmoid: *supported*; activation=relu: *contradicted*")
+
+
+def test_that_a_relative_threshold_times_each_arm_against_its_groups_best(tmp_path):
+    config = parse_config({"experiment": "relative", "log": {"dir": str(tmp_path)},
+                           "train": {"steps": 1000, "eval_every": 100,
+                                     "threshold": {"relative": 0.98, "absolute": 0.99}},
+                           "study": {"factors": {"bn": ["none", "before"], "seed": [0, 1]}}})
+    # Test accuracy at steps 100, ..., 1000 of each (bn, seed).
+    curves = {("none", 0): [0.095 * k for k in range(1, 11)],       # best of seed 0: 0.95
+              ("before", 0): [0.6 + 0.03 * k for k in range(1, 11)],  # ends at 0.9 < 0.98 * 0.95
+              ("none", 1): [0.5] * 10,
+              ("before", 1): [min(0.9, 0.18 * k) for k in range(1, 11)]}  # 0.9 from step 500
+
+    def result(point):
+        return {"status": "ok", "steps_run": 1000, "final_accuracy": curves[point["bn"], point["seed"]][-1],
+                "steps_to_threshold": None}
+
+    def events(run_dir, point, _):
+        with tf.summary.create_file_writer(str(run_dir)).as_default():
+            for k, accuracy in enumerate(curves[point["bn"], point["seed"]], start=1):
+                tf.summary.scalar("accuracy/test", accuracy, step=100 * k)
+
+    experiment = write_study(config, result, events)
+    study = load_study(str(experiment))
+    steps = relative_steps(study)
+    # Seed 0: 0.98 * 0.95 = 0.931, which none reaches at step 1000 (0.95) and before never;
+    # seed 1: 0.98 * 0.9 = 0.882, which before reaches at step 500 and none never.
+    assert {t.run: steps(t) for t in study.trials} == pytest.approx(
+        {"bn=none,seed=0": 1000, "bn=before,seed=0": np.nan, "bn=none,seed=1": np.nan,
+         "bn=before,seed=1": 500}, nan_ok=True)
+    [row] = summarise_levels(study)
+    # Never reached counts as train.steps: (1000 - 1000 + 500 - 1000) / 2.
+    assert row.relative.mean == -250 and row.relative.n == 2 and row.relative_never == (1, 1)
+    assert row.steps.mean == 0 and row.never == (2, 2)
+    [speed] = [m for m in summarise_mechanisms(study) if m.name.startswith("steps to 0.98")]
+    assert speed.effect.mean == -250
+    report = pathlib.Path(write_report(str(experiment))).read_text()
+    assert "| `bn=before,seed=1` | ok | 0.9000 | – | never | 500 |" in report
+    assert "| `bn=before,seed=0` | ok | 0.9000 | – | never | never |" in report
+    assert "**4 of 4 trials never reached the accuracy threshold 0.99**" in report
+    # Differences -0.05 and +0.4 (mean 0.175, standard error 0.225), 0 and -500 (mean -250,
+    # standard error 250); t(0.975, 1 degree of freedom) = 12.706.
+    assert ("| all | all | before | 2 | +0.1750 [-2.6839, +3.0339] | 0.58 | 1 | inconclusive "
+            "| +0 [+0, +0] | 1 | 1 | inconclusive | 2 / 2 | -250 [-3427, +2927] | 0.5 | 1 | inconclusive "
+            "| 1 / 1 |") in report

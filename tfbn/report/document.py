@@ -6,7 +6,8 @@ from collections import Counter
 
 from tfbn.report.render import Heading, Image, Items, Table, Text
 from tfbn.report.stats import CONFIDENCE, CONTRADICTED, INCONCLUSIVE, RULE, SUPPORTED
-from tfbn.report.summaries import CLAIMS, claim_sides, claim_verdicts, factor_spread, primary_arm
+from tfbn.report.summaries import (CLAIMS, OVERALL, claim_sides, claim_verdicts, factor_spread,
+                                   level_verdicts, primary_arm, relative_steps, thresholds)
 from tfbn.report.trials import CONTROL
 
 # The Verdicts table's columns of measure names, one per measure verdict.
@@ -40,11 +41,19 @@ def _overview(study):
     missing = f" {len(study.missing)} design points have no result yet." if study.missing else ""
     return [Text(f"Config defaults: data {data}; MLP {c.model.depth}x{c.model.width} {c.model.activation}; "
                  f"{c.train.optimizer} at learning rate {c.train.learning_rate}, batch "
-                 f"{c.train.batch_size}, {c.train.steps} steps, accuracy threshold "
-                 f"{c.train.threshold}. Design {c.study.design}; factors {factors}. "
+                 f"{c.train.batch_size}, {c.train.steps} steps, {_threshold_text(c)}. "
+                 f"Design {c.study.design}; factors {factors}. "
                  f"{len(study.trials)} trials.{missing}"),
             Text(f"Regenerate with `python -m tfbn.report {study.experiment_dir}`; the figures "
                  "are also in TensorBoard, run `report`.")]
+
+
+def _threshold_text(config):
+    absolute, relative = thresholds(config)
+    parts = ([f"accuracy threshold {absolute}"] if absolute is not None else []) + (
+        [f"relative threshold {relative:g} (of the best final accuracy of the trials that differ "
+         "only in `bn`)"] if relative is not None else [])
+    return " and ".join(parts)
 
 
 def _verdicts(study, measures):
@@ -66,27 +75,44 @@ def verdict_table(measures):
     """The Verdicts table: each claim's verdict and its measures under their own; None without measures."""
     if not measures:
         return None
-    verdicts, sides = claim_verdicts(measures), claim_sides(measures)
-    return Table(("claim", "verdict", *_SIDES.values()),
-                 tuple((f"{n}. {CLAIMS[n]}", f"*{v}*", *("; ".join(sides[n].get(side, ()))
-                                                         for side in _SIDES))
+    verdicts, sides, per_level = claim_verdicts(measures), claim_sides(measures), level_verdicts(measures)
+    # Verdicts per level of a factor that changes them, beside the pooled one.
+    levels = (("per level",) if per_level else ())
+    return Table(("claim", "verdict", *levels, *_SIDES.values()),
+                 tuple((f"{n}. {CLAIMS[n]}", f"*{v}*",
+                        *(("; ".join(f"{level}: *{verdict}*" for level, verdict in per_level.get(n, {}).items()),)
+                          if per_level else ()),
+                        *("; ".join(sides[n].get(side, ())) for side in _SIDES))
                        for n, v in verdicts.items()))
 
 
 def _summary_one(study, rows):
+    absolute, relative = thresholds(study.config)
+    speeds = ([f"a trial that never reached {absolute}"] if absolute is not None else []) + (
+        [f"one that never reached {relative:g} x the best final accuracy of its group (the trials "
+         "that differ from it only in `bn`, which the best of them reaches by definition)"]
+        if relative is not None else [])
     blocks = [Heading(2, "Summary I: which factor changes BN's effect most"),
               Text(f"Effect of each BN arm against `none` (arm minus none), mean and "
                    f"{CONFIDENCE:.0%} confidence interval over pairs of trials that differ only in "
-                   f"`bn`. Steps to threshold: a trial that never reached {study.config.train.threshold} "
-                   f"counts as {study.config.train.steps} steps (its total), so the effect on it is "
-                   "bounded, not measured, when many never reach it; the last column counts them.")]
+                   f"`bn`. Steps to threshold: {' and '.join(speeds)} counts as "
+                   f"{study.config.train.steps} steps (its total), so the effect on it is "
+                   "bounded, not measured, when many never reach it; the never-reached columns "
+                   "count them."), *_unreached(study, absolute)]
     if not rows:
         return blocks + [Text("No BN arm to compare with `none`.")]
+    speed_columns = [(f"Δ steps to threshold", "never reached (bn / none)", lambda r: (r.steps, r.never))] \
+        if absolute is not None else []
+    if relative is not None:
+        speed_columns.append((f"Δ steps to relative threshold {relative:g}", "never reached, relative (bn / none)",
+                              lambda r: (r.relative, r.relative_never)))
     blocks.append(Table(
         ("factor", "level", "bn", "pairs", "Δ final accuracy", *_TEST[1:],
-         "Δ steps to threshold", *_TEST[1:], "never reached (bn / none)"),
+         *(c for title, never, _ in speed_columns for c in (title, *_TEST[1:], never))),
         tuple((r.factor, r.level, r.arm, r.accuracy.n, *_test(r.accuracy, ".4f"),
-               *_test(r.steps, ".0f"), f"{r.never[0]} / {r.never[1]}") for r in rows)))
+               *(c for _, _, of in speed_columns
+                 for c in (*_test(of(r)[0], ".0f"), f"{of(r)[1][0]} / {of(r)[1][1]}")))
+              for r in rows)))
     spread = factor_spread(rows)
     if spread:
         top = next((s for s in spread if s.arm == primary_arm(study)), spread[0])
@@ -101,6 +127,18 @@ def _summary_one(study, rows):
     return blocks
 
 
+def _unreached(study, absolute):
+    """A warning when most trials never reached the absolute threshold."""
+    trained = [t for t in study.trials if t.status != "failed"]
+    never = sum(math.isnan(t.number("steps_to_threshold")) for t in trained)
+    if absolute is None or never * 2 <= len(trained):
+        return []
+    return [Text(f"**{never} of {len(trained)} trials never reached the accuracy threshold "
+                 f"{absolute}**: its steps-to-threshold effects compare totals, not speeds. A "
+                 "threshold relative to each group's best arm has values on any data: "
+                 f"`train.threshold: {{relative: 0.98, absolute: {absolute}}}`.")]
+
+
 def _summary_two(study, measures):
     blocks = [Heading(2, f"Summary II: the mechanisms, BN `{primary_arm(study)}` against `none`"),
               Text("One row per measure, over all pairs (all factor levels pooled unless the "
@@ -108,21 +146,28 @@ def _summary_two(study, measures):
                    "predicts for Δ.")]
     if not measures:
         return blocks + [Text("No BN arm to compare with `none`.")]
+    # Claims measured per level of a factor get a column naming the level.
+    per_level = any(m.level for m in measures)
     return blocks + [Table(
-        ("claim", "measure", "claimed", "pairs", *_TEST, "note"),
-        tuple((m.claim, m.name, "higher" if m.better > 0 else "lower", m.effect.n,
-               *_test(m.effect, ".3g"), m.note) for m in measures))]
+        ("claim", "measure", *(("level",) if per_level else ()), "claimed", "pairs", *_TEST, "note"),
+        tuple((m.claim, m.name, *((m.level or OVERALL,) if per_level else ()),
+               "higher" if m.better > 0 else "lower", m.effect.n, *_test(m.effect, ".3g"), m.note)
+              for m in measures))]
 
 
 def _trials(study):
     statuses = Counter(t.status for t in study.trials)
+    relative = thresholds(study.config)[1]
+    steps = relative_steps(study)
     blocks = [Heading(2, "Trials"),
               Text(", ".join(f"{count} {status}" for status, count in statuses.items()) + "."),
               Table(("run", "status", "final accuracy", "best accuracy", "steps to threshold",
+                     *((f"steps to relative threshold {relative:g}",) if relative is not None else ()),
                      "final accuracy, test-batch statistics", "seconds"),
                     tuple((f"`{t.run}`", t.status, _number(t.number("final_accuracy"), ".4f"),
                            _number(t.number("best_accuracy"), ".4f"),
-                           _steps(t),
+                           _steps(t, t.number("steps_to_threshold")),
+                           *((_steps(t, steps(t)),) if relative is not None else ()),
                            _number(t.number("final_accuracy_batch_stats"), ".4f"),
                            _number(t.number("seconds"), ".1f"))
                           for t in study.trials))]
@@ -195,9 +240,8 @@ def _interval(effect, spec):
     return f"{_signed(effect.mean, spec)} [{_signed(effect.low, spec)}, {_signed(effect.high, spec)}]"
 
 
-def _steps(trial):
-    """A trial's steps to threshold: ``never`` when it trained without reaching it."""
-    steps = trial.number("steps_to_threshold")
+def _steps(trial, steps):
+    """A trial's steps to a threshold: ``never`` when it trained without reaching it."""
     if math.isnan(steps):
         return "–" if trial.status == "failed" else "never"
     return format(steps, ".0f")

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
 from tfbn import tags
-from tfbn.report.summaries import final_accuracy, last_hidden_unit
+from tfbn.report.summaries import final_accuracy, last_hidden_unit, thresholds
 
 DPI = 100
 PANEL_SIZE = (3.8, 2.9)  # inches per panel
@@ -111,12 +111,12 @@ def _plan(study):
     """(name, title, caption, draw) of each figure, in report order."""
     by_level = [(f"accuracy_{f}", f"Test accuracy per {f} level",
                  f"Test accuracy (BN with moving statistics) against the training step, one panel "
-                 f"per {f} level, BN arms overlaid: mean line; {BAND}. Dotted: the threshold.",
+                 f"per {f} level, BN arms overlaid: mean line; {BAND}. Dotted: the absolute threshold.",
                  functools.partial(_accuracy, study, f)) for f in study.compared]
     return [
         *(by_level or [("accuracy", "Test accuracy",
                         f"Test accuracy (BN with moving statistics) against the training step, BN "
-                        f"arms overlaid: mean line; {BAND}. Dotted: the threshold.",
+                        f"arms overlaid: mean line; {BAND}. Dotted: the absolute threshold.",
                         functools.partial(_accuracy, study, None))]),
         ("grad_norm", "Gradient norm per layer (claim 4)",
          f"L2 norm of the loss gradient of each Dense kernel against the step (log scale), "
@@ -225,12 +225,14 @@ def _accuracy(study, factor):
     levels = study.factors[factor] if factor else [None]
     columns = min(len(levels), MAX_COLUMNS)
     figure, axes = _figure(math.ceil(len(levels) / columns), columns)
+    absolute = thresholds(study.config)[0]
     drawn = False
     for ax, level in zip(axes.flat, levels):
         chosen = {factor: level} if factor else {}
         for bn in study.bn_levels:
             drawn |= _band(ax, study.select(**chosen, bn=bn), tags.TEST_ACCURACY, f"bn={bn}", _color(bn))
-        ax.axhline(study.config.train.threshold, color="gray", linestyle=":", linewidth=1)
+        if absolute is not None:
+            ax.axhline(absolute, color="gray", linestyle=":", linewidth=1)
         ax.set_title(f"{factor}={level}" if factor else "all trials", fontsize="medium")
         ax.set_xlabel("step")
         ax.set_ylabel("test accuracy")

@@ -16,8 +16,9 @@ import math
 import numpy as np
 
 from tfbn import tags
+from tfbn.config import Threshold
 from tfbn.report.stats import NOT_TESTED, combine, holm_adjusted, paired_effect
-from tfbn.report.trials import CONTROL
+from tfbn.report.trials import CONTROL, group_key
 
 OVERALL = "all"
 SATURATING = ("sigmoid", "tanh")
@@ -40,6 +41,11 @@ CLAIMS = {
 }
 # The config that tests claim 10, named where a study does not.
 LEARNING_RATE_CONFIG = "configs/learning_rates.yaml"
+# Claims whose measures also get a verdict per level of these factors, beside the
+# pooled one: sigmoid and ReLU networks answer them in opposite ways (sigmoid
+# without BN barely trains at depth, and never diverges), which pooling hides.
+PER_LEVEL_CLAIMS = (7, 8, 10)
+PER_LEVEL_FACTORS = ("activation",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +60,9 @@ class LevelRow:
             counting as ``train.steps``.
         never: ``(arm trials, none trials)`` of the pairs that never reached
             the threshold.
+        relative: `Effect` on steps to the relative threshold (`relative_steps`),
+            never reached counting as ``train.steps``; None without one.
+        relative_never: `never` for the relative threshold.
     """
 
     factor: str
@@ -62,6 +71,8 @@ class LevelRow:
     accuracy: object
     steps: object
     never: tuple
+    relative: object = None
+    relative_never: tuple = (0, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +86,8 @@ class Measure:
         effect: BN arm minus ``none``, an `Effect`, Holm-adjusted across
             all of Summary II's measures.
         note: Why there are no pairs, or what the pairs were restricted to.
+        level: ``<factor>=<level>`` for a measure on that level's pairs only
+            (`PER_LEVEL_CLAIMS`); empty for the pooled measure.
     """
 
     claim: int
@@ -82,6 +95,7 @@ class Measure:
     better: int
     effect: object
     note: str = ""
+    level: str = ""
 
 
 def primary_arm(study):
@@ -94,12 +108,48 @@ def final_accuracy(trial):
     return trial.number("final_accuracy")
 
 
+def thresholds(config):
+    """``(absolute, relative)`` of ``train.threshold``: an accuracy and a fraction, each None when not set."""
+    threshold = config.train.threshold
+    if isinstance(threshold, Threshold):
+        return threshold.absolute, threshold.relative
+    return threshold, None
+
+
 def steps_to_threshold(study):
     """Per-trial steps to threshold; a trial that never reached it counts ``train.steps``."""
+    return _never_as_total(study, lambda trial: trial.number("steps_to_threshold"))
+
+
+def relative_steps(study):
+    """Per trial: the first evaluated step whose test accuracy reached the relative
+    threshold's fraction of the best final accuracy of its group (the trials that
+    differ from it only in ``bn``); NaN when it never did, or without a relative threshold.
+
+    The group's best arm reaches it by definition (at its last evaluation at the
+    latest), so the measure has a value on any data, unlike an absolute accuracy.
+    """
+    fraction = thresholds(study.config)[1]
+    best = {}
+    for trial in study.select():
+        accuracy = final_accuracy(trial)
+        if fraction is not None and not math.isnan(accuracy):
+            best[group_key(trial)] = max(best.get(group_key(trial), -math.inf), accuracy)
+
     def steps(trial):
-        reached = trial.number("steps_to_threshold")
-        return float(study.config.train.steps) if math.isnan(reached) else reached
+        if group_key(trial) not in best:
+            return math.nan
+        evaluated, accuracy = trial.scalar(tags.TEST_ACCURACY)
+        reached = evaluated[accuracy >= fraction * best[group_key(trial)]]
+        return float(reached[0]) if len(reached) else math.nan
     return steps
+
+
+def _never_as_total(study, steps):
+    def counted(trial):
+        value = steps(trial)
+        return float(study.config.train.steps) if math.isnan(value) else value
+    return counted
 
 
 def summarise_levels(study):
@@ -113,18 +163,28 @@ def summarise_levels(study):
     if not any(study.pairs(arm) for arm in study.arms):
         return []
     groups = [(f, level) for f in study.compared for level in study.factors[f]]
+    relative = relative_steps(study) if thresholds(study.config)[1] is not None else None
     rows = []
     for factor, level in [*groups, (OVERALL, OVERALL)]:
         levels = {} if factor == OVERALL else {factor: level}
         for arm in study.arms:
             pairs = study.pairs(arm, **levels)
-            never = tuple(sum(math.isnan(t.number("steps_to_threshold")) for t in side)
-                          for side in zip(*pairs)) if pairs else (0, 0)
-            rows.append(LevelRow(factor, level, arm, _effect(pairs, final_accuracy, +1),
-                                 _effect(pairs, steps_to_threshold(study), -1), never))
-    adjusted = holm_adjusted([e for r in rows for e in (r.accuracy, r.steps)])
-    return [dataclasses.replace(r, accuracy=accuracy, steps=steps)
-            for r, accuracy, steps in zip(rows, adjusted[0::2], adjusted[1::2])]
+            row = LevelRow(factor, level, arm, _effect(pairs, final_accuracy, +1),
+                           _effect(pairs, steps_to_threshold(study), -1),
+                           _never(pairs, lambda t: t.number("steps_to_threshold")))
+            if relative:
+                row = dataclasses.replace(row, relative=_effect(pairs, _never_as_total(study, relative), -1),
+                                          relative_never=_never(pairs, relative))
+            rows.append(row)
+    tests = [(r.accuracy, r.steps, r.relative) if relative else (r.accuracy, r.steps) for r in rows]
+    adjusted = iter(holm_adjusted([e for effects in tests for e in effects]))
+    return [dataclasses.replace(r, accuracy=next(adjusted), steps=next(adjusted),
+                                relative=next(adjusted) if relative else None) for r in rows]
+
+
+def _never(pairs, steps):
+    """``(arm trials, control trials)`` of the pairs whose ``steps`` are NaN (never reached)."""
+    return tuple(sum(math.isnan(steps(t)) for t in side) for side in zip(*pairs)) if pairs else (0, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +242,13 @@ def summarise_mechanisms(study):
     if not pairs:
         return []
     unit = "the last hidden layer's unit input"
+    absolute, relative = thresholds(study.config)
     specs = [  # claim, what is measured, the claimed sign of BN's effect, per-trial value, instrument
         (1, "final test accuracy", +1, final_accuracy, None),
-        (1, "steps to threshold (never reached: train.steps)", -1, steps_to_threshold(study), None),
+        *([(1, "steps to threshold (never reached: train.steps)", -1, steps_to_threshold(study), None)]
+          if absolute is not None else []),
+        *([(1, f"steps to {relative:g} x the group's best final accuracy (never reached: train.steps)",
+            -1, _never_as_total(study, relative_steps(study)), None)] if relative is not None else []),
         (2, f"|drift of the median| of {unit}, first to last step", -1, _median_drift, "percentiles"),
         (2, f"|change of the 15-85 percentile spread| of {unit}", -1, _spread_change, "percentiles"),
         (3, "weight norm growth, last / first, mean over layers", -1, _weight_growth, "weights"),
@@ -210,12 +274,14 @@ def summarise_mechanisms(study):
     for claim, name, better, value, instrument in specs:
         if instrument in ON_REQUEST and instrument not in study.config.log.instruments:
             continue  # claims 7 and 8 appear where a study asked for their instruments
-        effect = _effect(pairs, value, better)
-        note = (f"no data: the {instrument} instrument was off or recorded too little "
-                f"(lower log.{instrument}_every)" if instrument and not effect.n else "")
-        measures.append(Measure(claim, name, better, effect, note))
+        for level, chosen in _levels(study, claim):
+            effect = _effect(study.pairs(arm, **chosen), value, better)
+            note = (f"no data: the {instrument} instrument was off or recorded too little "
+                    f"(lower log.{instrument}_every)" if instrument and not effect.n else "")
+            measures.append(Measure(claim, name, better, effect, note, level))
     measures += _saturating_measures(study, arm)
-    measures += _learning_rate_measures(study, arm)
+    measures += [m for level, chosen in _levels(study, 10)
+                 for m in _learning_rate_measures(study, arm, level, chosen)]
     if "ics" in study.config.log.instruments:
         measures += _noise_measures(study, arm)
     measures.sort(key=lambda m: m.claim)
@@ -223,19 +289,43 @@ def summarise_mechanisms(study):
             for m, effect in zip(measures, holm_adjusted([m.effect for m in measures]))]
 
 
-def claim_verdicts(measures):
+def _levels(study, claim):
+    """``(level label, levels to select)`` a claim's measures are taken on: all pairs
+    pooled, then for `PER_LEVEL_CLAIMS` each level of the `PER_LEVEL_FACTORS` the study varies."""
+    split = [f for f in PER_LEVEL_FACTORS if f in study.compared and len(study.factors[f]) > 1]
+    return [("", {}), *((f"{f}={level}", {f: level}) for f in split for level in study.factors[f]
+                        if claim in PER_LEVEL_CLAIMS)]
+
+
+def claim_verdicts(measures, level=""):
     """Claim number -> its verdict from its measures (`tfbn.report.stats.combine`);
-    `NOT_TESTED` when none of its measures has a pair."""
-    tested = {m.claim for m in measures if m.effect.n}
+    `NOT_TESTED` when none of its measures has a pair.
+
+    Args:
+        measures: Summary II's `Measure` list.
+        level: The pooled measures' verdicts (empty), or those of one ``<factor>=<level>``.
+    """
+    tested = {m.claim for m in measures if m.level == level and m.effect.n}
     return {claim: combine(sides) if claim in tested else NOT_TESTED
-            for claim, sides in claim_sides(measures).items()}
+            for claim, sides in claim_sides(measures, level).items()}
 
 
-def claim_sides(measures):
-    """Claim number -> {verdict: names of the claim's measures with it}, in measure order."""
+def level_verdicts(measures):
+    """Claim number -> {``<factor>=<level>``: verdict} for the claims measured per level."""
+    verdicts = {}
+    for level in dict.fromkeys(m.level for m in measures if m.level):
+        for claim, verdict in claim_verdicts(measures, level).items():
+            verdicts.setdefault(claim, {})[level] = verdict
+    return verdicts
+
+
+def claim_sides(measures, level=""):
+    """Claim number -> {verdict: names of the claim's measures with it}, in measure order:
+    the pooled measures' (``level`` empty), or those of one ``<factor>=<level>``."""
     sides = {}
     for m in measures:
-        sides.setdefault(m.claim, {}).setdefault(m.effect.verdict, []).append(m.name)
+        if m.level == level:
+            sides.setdefault(m.claim, {}).setdefault(m.effect.verdict, []).append(m.name)
     return sides
 
 
@@ -252,15 +342,19 @@ def _saturating_measures(study, arm):
                     _effect(pairs, final_accuracy, +1), note)]
 
 
-def _learning_rate_measures(study, arm):
-    """Claim 10: the largest learning rate each arm tolerates, per seed and other levels."""
+def _learning_rate_measures(study, arm, level="", chosen=None):
+    """Claim 10: the largest learning rate each arm tolerates, per seed and other levels
+    (those of ``chosen`` only, labelled ``level``)."""
+    chosen = chosen or {}
     rates = sorted(map(float, study.factors.get("learning_rate", ())))
     name = "log10 of the largest learning rate that reached the threshold without diverging"
-    if len(rates) < 2:
-        return [Measure(10, name, +1, paired_effect([], [], +1),
-                        f"not tested by this study: {LEARNING_RATE_CONFIG} sweeps the learning rate")]
+    if len(rates) < 2:  # said once, not per level
+        return [] if level else [Measure(10, name, +1, paired_effect([], [], +1),
+                                         f"not tested by this study: {LEARNING_RATE_CONFIG} sweeps "
+                                         "the learning rate")]
     # A group that no rate trains counts one decade below the grid.
     floor = math.log10(rates[0]) - 1
+    reached = _reached(study)
 
     def tolerated(trials):
         groups = {}
@@ -268,18 +362,26 @@ def _learning_rate_measures(study, arm):
             key = tuple((f, v) for f, v in t.levels.items() if f not in ("bn", "learning_rate"))
             groups.setdefault(key, []).append(t)
         return {key: max((math.log10(float(t.levels["learning_rate"])) for t in group
-                          if t.status == "ok" and not math.isnan(t.number("steps_to_threshold"))),
-                         default=floor)
+                          if t.status == "ok" and not math.isnan(reached(t))), default=floor)
                 for key, group in groups.items()}
 
-    treated, control = tolerated(study.select(bn=arm)), tolerated(study.select(bn=CONTROL))
+    treated = tolerated(study.select(**chosen, bn=arm))
+    control = tolerated(study.select(**chosen, bn=CONTROL))
     keys = [k for k in treated if k in control]
     top = next(level for level in study.factors["learning_rate"] if float(level) == rates[-1])
     return [Measure(10, name, +1, paired_effect([treated[k] for k in keys], [control[k] for k in keys], +1),
-                    f"rates {', '.join(f'{r:g}' for r in rates)}; none trained: {10 ** floor:g}"),
+                    f"rates {', '.join(f'{r:g}' for r in rates)}; none trained: {10 ** floor:g}", level),
             Measure(10, "final test accuracy, highest learning rate", +1,
-                    _effect(study.pairs(arm, learning_rate=top), final_accuracy, +1),
-                    f"learning_rate {top}")]
+                    _effect(study.pairs(arm, **chosen, learning_rate=top), final_accuracy, +1),
+                    f"learning_rate {top}", level)]
+
+
+def _reached(study):
+    """Per trial: the step it reached the threshold at, NaN if never: the absolute threshold's,
+    else the relative one's."""
+    if thresholds(study.config)[0] is not None:
+        return lambda trial: trial.number("steps_to_threshold")
+    return relative_steps(study)
 
 
 def _noise_measures(study, arm):
@@ -298,7 +400,7 @@ def _noise_measures(study, arm):
             Measure(9, "final test accuracy, test-batch statistics", -1,
                     _effect(pairs, _batch_statistics_accuracy, -1), note),
             Measure(9, "steps to threshold (never reached: train.steps)", +1,
-                    _effect(pairs, steps_to_threshold(study), +1), note)]
+                    _effect(pairs, _never_as_total(study, _reached(study)), +1), note)]
 
 
 def _batch_statistics_accuracy(trial):

@@ -225,11 +225,13 @@ class FinishedStudy:
         Same seed and factor levels mean the same initial kernels and the
         same batches in the same order, so a pair isolates BN's effect.
         """
-        controls = {_key(t): t for t in self.select(**levels, bn=against)}
-        return [(t, controls[_key(t)]) for t in self.select(**levels, bn=arm) if _key(t) in controls]
+        controls = {group_key(t): t for t in self.select(**levels, bn=against)}
+        return [(t, controls[group_key(t)]) for t in self.select(**levels, bn=arm)
+                if group_key(t) in controls]
 
 
-def _key(trial):
+def group_key(trial):
+    """A trial's levels but ``bn``: the same for the trials that differ only in BN."""
     return tuple((f, v) for f, v in trial.levels.items() if f != "bn")
 
 
