@@ -12,7 +12,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.util.tensor_util import make_ndarray
 
 from tfbn import tags
-from tfbn.config import dump_config, parse_config
+from tfbn.config import dump_config, load_config, parse_config, to_dict
 from tfbn.report import main, write_report
 from tfbn.report.stats import holm, verdict
 from tfbn.report.document import verdict_table
@@ -593,3 +593,19 @@ def test_that_a_relative_threshold_times_each_arm_against_its_groups_best(tmp_pa
     assert ("| all | all | before | 2 | +0.1750 [-2.6839, +3.0339] | 0.58 | 1 | inconclusive "
             "| +0 [+0, +0] | 1 | 1 | inconclusive | 2 / 2 | -250 [-3427, +2927] | 0.5 | 1 | inconclusive "
             "| 1 / 1 |") in report
+
+
+def test_that_each_fashion_config_is_its_mnist_study_on_the_idx_files_with_a_relative_threshold():
+    configs = pathlib.Path(QUICKSTART).parent
+    fashion = sorted(p for p in configs.glob("fashion_*.yaml") if p.name != "fashion_mnist_idx.yaml")
+    mnist = sorted(p for p in configs.glob("*.yaml") if "name: mnist" in p.read_text())
+    assert [p.name for p in fashion] == [f"fashion_{p.name}" for p in mnist]
+    for ours, theirs in zip(fashion, mnist):
+        ours, theirs = (to_dict(load_config(str(p))) for p in (ours, theirs))
+        assert ours.pop("experiment") == f"fashion_{theirs.pop('experiment')}"
+        assert ours["data"].pop("source") == "idx" and ours["data"].pop("path") == "/usr/share/datasets/fashion-mnist"
+        assert theirs["data"].pop("source") == "tfds" and theirs["data"].pop("name") == "mnist"
+        del ours["data"]["name"], theirs["data"]["path"]
+        threshold = ours["train"].pop("threshold")
+        assert threshold["relative"] == 0.98 and threshold["absolute"] < theirs["train"].pop("threshold")
+        assert ours == theirs
