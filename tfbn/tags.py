@@ -64,7 +64,8 @@ def jacobian(layer, statistic):
 
 
 def percentile(activation, group, q):
-    """``percentiles/<act_i>/<unit_u or all>/p<q>`` of a nonlinearity's input."""
+    """``percentiles/<layer>/<unit_u or all>/p<q>`` of the input of a layer's nonlinearity
+    (``act_i`` in `tfbn.build_mlp`)."""
     return f"{PERCENTILES}/{activation}/{group}/p{q}"
 
 
@@ -112,13 +113,16 @@ def hidden_index(layer):
 
 
 _DESCRIPTIONS = {
-    GRADIENT_NORM: "L2 norm of the loss gradient the optimizer applied to this Dense kernel (claim 4)",
-    GRADIENT_MEAN_ABS: "mean absolute value of the gradient applied to this Dense kernel (claim 4)",
-    GRADIENT: "values of the gradient applied to this Dense kernel (claim 4)",
-    WEIGHT_NORM: "L2 norm of this Dense kernel (claim 3: does BN regularize weight growth?)",
+    GRADIENT_NORM: "L2 norm of the loss gradient with respect to this Dense or convolution kernel: "
+                   "the one the optimizer applied, or on the probe batch (claim 4)",
+    GRADIENT_MEAN_ABS: "mean absolute value of the loss gradient of this Dense or convolution kernel "
+                       "(claim 4)",
+    GRADIENT: "values of the loss gradient of this Dense or convolution kernel (claim 4)",
+    WEIGHT_NORM: "L2 norm of this Dense or convolution kernel (claim 3: does BN regularize weight "
+                 "growth?)",
     WEIGHTS: "values of this kernel or BN parameter or statistic (claim 3)",
-    JACOBIAN: "singular values of this block's (or the network's) input-output Jacobian over "
-              "the probe set; mean square 1 is isometry (claim 5)",
+    JACOBIAN: "singular values of the Jacobian of the block from this kernel layer to the next "
+              "(or of the network) over the probe set; mean square 1 is isometry (claim 5)",
     PERCENTILES: "percentile over the probe set of this nonlinearity's input (claim 2, Ioffe "
                  "& Szegedy figure 1)",
     ICS: "internal covariate shift: this layer's kernel gradient before against after the "
