@@ -3,7 +3,10 @@
 import csv
 import dataclasses
 import itertools
+import os
 import pathlib
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from tfbn.sweep import run_study
 from tfbn.instruments import jacobian_singular_values, spectrum_statistics
 from tfbn.training import Target, build_model, build_optimizer, train_pack
 
-from helpers import QUICKSTART
+from helpers import QUICKSTART, WAIT_S, cli, load, start
 
 COURSE_STUDY = str(pathlib.Path(__file__).parent.parent / "configs" / "course2017_study.yaml")
 
@@ -35,18 +38,21 @@ def scalars(run_dir):
 
 # The plan.
 
-def test_that_the_course_study_packs_each_seed_by_batch_size_and_shares_test_ratios():
+def test_that_the_course_study_packs_by_batch_size_whole_seeds_together_and_shares_test_ratios():
     config = load_config(COURSE_STUDY, ["data.source=digits", "data.classes=[0,1]",
                                         "data.max_train_per_class=null"])
     points = design_points(config)
     packs = plan_packs(config, points)
     assert sorted(p for pack in packs for p in map(run_name, pack.points)) == sorted(
         map(run_name, points))
-    # Per seed: batch 64 holds the base point, 4 other activations and Adam, in 3 arms;
-    # batch sizes 4, 16 and 256 hold 3 arms each.
-    assert sorted(len(pack.branches) for pack in packs) == [3] * 9 + [18] * 3
+    # Per seed, batch 64 holds the base point, 4 other activations and Adam, in 3 arms:
+    # a pack each. Batch sizes 4, 16 and 256 hold 3 arms per seed: one pack of 3 seeds each.
+    assert sorted(len(pack.branches) for pack in packs) == [9] * 3 + [18] * 3
     for pack in packs:
-        assert len({(p.get("seed", 0), p.get("batch_size", 64)) for p in pack.points}) == 1
+        assert len({p.get("batch_size", 64) for p in pack.points}) == 1
+        seeds = [p.get("seed", 0) for p in pack.points]
+        assert len(set(seeds)) == (1 if pack.batch_size == 64 else 3)
+        assert seeds == sorted(seeds)  # a seed's branches side by side
     # The 4 test ratios of a base point are one branch: 9 trainings of 12 points per arm and seed.
     trainings = [branch for pack in packs for branch in pack.branches]
     assert len(trainings) == 81 and len(points) == 108
@@ -58,9 +64,10 @@ def test_that_the_course_study_packs_each_seed_by_batch_size_and_shares_test_rat
 
 def test_that_automatic_packs_split_the_largest_streams_evenly_among_local_workers():
     overrides = ["data.source=digits", "data.classes=[0,1]", "data.max_train_per_class=null"]
-    # 18 batch-64 branches per seed: 18 // workers, rounded up, at most per pack, as equal as can be.
-    for workers, expected in ((1, [18] * 3 + [3] * 9), (2, [9] * 6 + [3] * 9),
-                              (4, [5, 5, 4, 4] * 3 + [3] * 9), (5, [4, 4, 4, 3, 3] * 3 + [3] * 9)):
+    # 18 // workers, rounded up, at most per pack: whole seeds (3 branches each at batch 4,
+    # 16 and 256) where they fit, else the 54 batch-64 branches as equal as can be.
+    for workers, expected in ((1, [18] * 3 + [9] * 3), (2, [9] * 6 + [9] * 3),
+                              (4, [5] * 10 + [4] + [3] * 9), (5, [4] * 12 + [3] * 2 + [3] * 9)):
         config = load_config(COURSE_STUDY, overrides + [f"distribute.parallel_trials={workers}"])
         packs = plan_packs(config, design_points(config))
         assert sorted(len(pack.branches) for pack in packs) == sorted(expected), workers
@@ -74,14 +81,15 @@ def test_that_several_workers_get_the_longest_packs_first():
         load_config(COURSE_STUDY, overrides)))
     config = load_config(COURSE_STUDY, overrides + ["distribute.parallel_trials=2"])
     packs = plan_packs(config, design_points(config))
-    # 9 branches x (64 + 100) > 3 x (256 + 100) > 3 x (16 + 100) > 3 x (4 + 100); seeds in order.
+    # 9 branches x (256 + 100) > 9 x (64 + 100) > 9 x (16 + 100) > 9 x (4 + 100); equals in
+    # the design's order of their first points: each seed's first half, then the second halves.
     assert [(pack.batch_size, len(pack.branches)) for pack in packs] == (
-        [(64, 9)] * 6 + [(256, 3)] * 3 + [(16, 3)] * 3 + [(4, 3)] * 3)
-    assert [pack.points[0].get("seed", 0) for pack in packs[6:]] == [0, 1, 2] * 3
-    assert packs[0].estimated_cost == 40000 * 9 * (64 + 100)
+        [(256, 9)] + [(64, 9)] * 6 + [(16, 9), (4, 9)])
+    assert [pack.points[0].get("seed", 0) for pack in packs[1:7]] == [0, 1, 2] * 2
+    assert packs[0].estimated_cost == 40000 * 9 * (256 + 100)
     # One process: the design's order of each pack's first point.
     assert [(pack.batch_size, len(pack.branches)) for pack in alone] == (
-        [(64, 18)] * 3 + [(4, 3)] * 3 + [(16, 3)] * 3 + [(256, 3)] * 3)
+        [(64, 18)] * 3 + [(4, 9), (16, 9), (256, 9)])
 
 
 def test_that_pack_off_and_a_maximum_bound_the_branches():
@@ -91,8 +99,8 @@ def test_that_pack_off_and_a_maximum_bound_the_branches():
         load_config(QUICKSTART, ["study.factors={bn: [none, before, after], seed: [0, 1]}",
                                  f"train.pack={setting}"]), points)]
              for setting in ("auto", "off", 2)}
-    # Ordered by their first point: (none, 0), (none, 1), (after, 0), (after, 1).
-    assert sizes == {"auto": [3, 3], "off": [1] * 6, 2: [2, 2, 1, 1]}
+    # Both seeds in one pack; at most 2: a seed's 3 branches do not fit, so 6 in packs of 2.
+    assert sizes == {"auto": [6], "off": [1] * 6, 2: [2, 2, 2]}
 
 
 # Training.
@@ -109,8 +117,11 @@ def test_that_index_batches_gather_exactly_the_batches_of_the_element_pipeline()
             np.testing.assert_array_equal(y.numpy(), data.y_train[i])
 
 
-MIXED = [{"bn": "none", "activation": "sigmoid"}, {"bn": "before", "activation": "relu"},
-         {"bn": "after", "activation": "tanh"}, {"bn": "renorm", "activation": "sigmoid"}]
+# Three seeds in one pack: each branch its own initial kernels and its own seed's batches.
+MIXED = [{"bn": "none", "activation": "sigmoid", "seed": 0},
+         {"bn": "before", "activation": "relu", "seed": 1},
+         {"bn": "after", "activation": "tanh", "seed": 0},
+         {"bn": "renorm", "activation": "sigmoid", "seed": 2}]
 
 
 def test_that_a_packed_branch_trains_as_its_solo_run(tmp_path):
@@ -132,6 +143,28 @@ def test_that_a_packed_branch_trains_as_its_solo_run(tmp_path):
         # The same batches: the training loss of the first period agrees closely.
         assert pack_norms["loss/train"][0][1] == pytest.approx(solo_norms["loss/train"][0][1],
                                                                rel=1e-4)
+
+
+def test_that_a_pack_restarted_on_a_kept_compiled_model_trains_as_on_a_new_one(tmp_path):
+    # Noisy BN's draws, Batch Renormalization's statistics and step count and Adam's
+    # moments all start afresh; the second seed's pack reuses the first's compiled model.
+    config = load_config(QUICKSTART, ["train.steps=200", "train.eval_every=100", "log.instruments=[]"])
+
+    def pack(seed, name):
+        points = [{"bn": "noisy", "seed": seed}, {"bn": "renorm", "optimizer": "adam", "seed": seed + 1}]
+        train_pack([[Target(apply_factors(config, p), str(tmp_path / name / run_name(p)))]
+                    for p in points])
+        return {run_name(p)[:-len(str(seed))]: scalars(tmp_path / name / run_name(p)) for p in points}
+
+    pack(0, "first")
+    model = next(reversed(tfbn.training._compiled.values())).model
+    restarted = pack(5, "restarted")
+    assert next(reversed(tfbn.training._compiled.values())).model is model
+    tfbn.training._compiled.clear()
+    new = pack(5, "new")
+    assert next(reversed(tfbn.training._compiled.values())).model is not model
+    assert restarted == new
+    assert all(len(runs["loss/train"]) == 2 for runs in new.values())
 
 
 def test_that_a_packed_branch_takes_the_gradient_of_its_own_loss_with_its_own_optimizer():
@@ -270,7 +303,7 @@ def test_that_packing_on_and_off_give_the_same_rows(tmp_path):
             f"log.dir={tmp_path / pack}", "train.steps=300", "log.instruments=[]",
             "study.factors={bn: [none, before, renorm], activation: [sigmoid, relu]}",
             f"train.pack={pack}"])
-        rows[pack] = run_study(config, quiet=True)
+        rows[pack] = run_study(config, quiet=True, report=False)
     assert [row["run"] for row in rows["auto"]] == [row["run"] for row in rows["off"]]
     assert len({row["trial"] for row in rows["auto"]}) == 1
     assert len({row["trial"] for row in rows["off"]}) == 6
@@ -287,7 +320,7 @@ def test_that_points_differing_only_in_test_ratio_share_one_training_with_their_
         f"log.dir={tmp_path}", "train.steps=200", "log.instruments=[weights, percentiles, jacobian]",
         "data.classes=[0, 1]", "data.train_ratio='1:1'", "data.test_ratio='1:1'",
         "study.factors={test_ratio: ['1:1', '1:3'], bn: [none, before]}"])
-    rows = run_study(config, quiet=True)
+    rows = run_study(config, quiet=True, report=False)
     experiment = tmp_path / "quickstart"
     assert [row["run"] for row in rows] == [
         "test=1:1,bn=none", "test=1:1,bn=before", "test=1:3,bn=none", "test=1:3,bn=before"]
@@ -310,3 +343,34 @@ def test_that_points_differing_only_in_test_ratio_share_one_training_with_their_
         for statistic, expected in spectrum_statistics(spectra["network"]).items():
             assert runs[f"test={ratio},bn={bn}"][f"jacobian/network/{statistic}"][0] == (
                 0, pytest.approx(expected, rel=1e-5))
+
+
+def test_that_a_mixed_seed_pack_killed_after_some_branches_were_recorded_resumes_with_each_point_once(
+        tmp_path, processes):
+    # One pack of two seeds: at a learning rate of 1e36 a branch diverges at once and is
+    # recorded at step 50 while its pack-mates train on. The kill falls between the rows.
+    overrides = ["study.factors={learning_rate: [1.0e+36, 0.01], seed: [0, 1]}", "model.bn=before",
+                 "train.steps=3000", "train.eval_every=50"]
+    experiment = tmp_path / "quickstart"
+    killed = start(processes, cli(tmp_path, *overrides), tmp_path / "killed.log")
+    deadline = time.monotonic() + WAIT_S
+    while not ((experiment / "results.csv").exists() and len(read_rows(experiment)) == 2):
+        assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert sorted(row["run"] for row in read_rows(experiment)) == ["lr=1e+36,seed=0", "lr=1e+36,seed=1"]
+    recorded = {run: {p: p.stat().st_mtime_ns for p in (experiment / run).iterdir()}
+                for run in ("lr=1e+36,seed=0", "lr=1e+36,seed=1")}
+
+    rows = run_study(load(tmp_path, *overrides), quiet=True)
+    assert sorted((row["run"], row["status"], row["steps_run"]) for row in read_rows(experiment)) == [
+        ("lr=0.01,seed=0", "ok", "3000"), ("lr=0.01,seed=1", "ok", "3000"),
+        ("lr=1e+36,seed=0", "diverged", "50"), ("lr=1e+36,seed=1", "diverged", "50")]
+    assert len(rows) == 4
+    for run, files in recorded.items():  # not trained again
+        assert {p: p.stat().st_mtime_ns for p in (experiment / run).iterdir()} == files
+    for seed in (0, 1):  # trained once, from the start
+        assert [step for step, _ in scalars(experiment / f"lr=0.01,seed={seed}")["loss/train"]] == list(
+            range(50, 3001, 50))

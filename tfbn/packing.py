@@ -1,11 +1,14 @@
 """Which design points train together: packs of branches, branches of trials.
 
-Points that share the data stream (the training data selected, ``train.seed``,
-``batch_size``, ``steps``, ``eval_every``) can train as branches of one
-`tfbn.packed.PackedModel`. Points that differ only in the test split
+Points that share the training data selected, ``batch_size``, ``steps`` and
+``eval_every`` can train as branches of one `tfbn.packed.PackedModel`, whatever
+their ``train.seed``: each branch draws its own seed's batches from the one
+training split. Points that differ only in the test split
 (``data.test_ratio``) are one branch: one trained network, evaluated on each
 point's own test split. ``train.pack`` bounds the branches per pack; a stream
-with more branches splits into packs of equal size (within one).
+with more branches splits into packs of equal size (within one), the branches
+of one seed side by side, so that a seed's arms train together and packs of
+whole seeds have the same shapes (and one compiled model, `tfbn.training`).
 
 The plan is a pure function of the config, so a resumed study proposes the
 same packs in the same order: the design's order of each pack's first point,
@@ -92,14 +95,29 @@ def max_branches(config):
     return setting
 
 
-def _split(branches, limit, train):
-    """Splits branches into the fewest packs of at most ``limit``, as equal in size as can be."""
-    count = math.ceil(len(branches) / limit)
-    size, larger = divmod(len(branches), count)
+def _split(seeds, limit, train):
+    """Splits the branches of a stream into the fewest packs of at most ``limit``, as equal
+    in size as can be.
+
+    Args:
+        seeds: Per seed, its branches. Where every seed has as many branches and
+            they fit in a pack, packs hold whole seeds (as many seeds each as can
+            be), so that their shapes repeat.
+        limit: Branches per pack, at most.
+        train: The stream's train section.
+    """
+    sizes = {len(branches) for branches in seeds}
+    if len(sizes) == 1 and max(sizes) <= limit:
+        units, per_pack = seeds, limit // max(sizes)
+    else:
+        units, per_pack = [[branch] for branches in seeds for branch in branches], limit
+    count = math.ceil(len(units) / per_pack)
+    size, larger = divmod(len(units), count)
     packs, start = [], 0
     for i in range(count):
         end = start + size + (i < larger)
-        packs.append(Pack(tuple(branches[start:end]), train.steps, train.batch_size))
+        branches = tuple(branch for unit in units[start:end] for branch in unit)
+        packs.append(Pack(branches, train.steps, train.batch_size))
         start = end
     return packs
 
@@ -120,8 +138,7 @@ def plan_packs(config, points):
     for point in points:
         trial = apply_factors(config, point)
         data = dataclasses.replace(trial.data, test_ratio=None, max_test_per_class=None)
-        stream = (data, trial.train.seed, trial.train.batch_size, trial.train.steps,
-                  trial.train.eval_every)
+        stream = (data, trial.train.batch_size, trial.train.steps, trial.train.eval_every)
         if _trains_alone(trial, point):
             stream += (run_name(point),)  # a stream, and so a pack, of its own
         network = (trial.model, trial.train)
@@ -129,7 +146,10 @@ def plan_packs(config, points):
         trains.setdefault(stream, trial.train)
     packs = []
     for stream, branches in streams.items():
-        packs += _split([tuple(points) for points in branches.values()], limit, trains[stream])
+        seeds = {}  # seed -> its branches, both in first-seen order
+        for (model, train), branch in branches.items():
+            seeds.setdefault(train.seed, []).append(tuple(branch))
+        packs += _split(list(seeds.values()), limit, trains[stream])
     first = {run_name(point): position for position, point in enumerate(points)}
     packs.sort(key=lambda pack: first[run_name(pack.points[0])])
     if config.distribute.parallel_trials > 1:
