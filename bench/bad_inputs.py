@@ -23,8 +23,9 @@ import time
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 QUICKSTART = str(REPOSITORY / "configs" / "quickstart.yaml")
 LIMIT_S = 1.0  # a config error, before TensorFlow
-LIMIT_AFTER_TENSORFLOW_S = 30.0
-HANG_S = 60.0
+# TensorFlow's own start: 5-6 s on an idle machine, 15-40 s on 2 busy cores.
+LIMIT_AFTER_TENSORFLOW_S = 60.0
+HANG_S = 120.0
 
 
 class Case:
