@@ -263,3 +263,20 @@ def test_that_many_models_compiling_their_preactivations_print_no_retracing_warn
         for function in functions:
             function()
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
+def test_that_a_public_instrument_called_again_with_the_same_shapes_traces_nothing_new(caplog):
+    model = small_mlp("tanh", "before")
+    x, _ = batch(16)
+    with caplog.at_level("WARNING"):
+        for _ in range(6):
+            jacobian_singular_values(model, x)
+            jacobian_singular_values(model, x, "batch")
+            preactivations(model, x)
+        # Many models, one call each, as the trials of a study make.
+        for seed in range(6):
+            jacobian_singular_values(tfbn.build_mlp((3,), 4, (5, 4), "tanh", "before", seed=seed), x)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    for name in ("forward", "spectra"):
+        for mode in ("inference", "batch"):
+            assert tfbn.instruments._compiled(model, name, mode).experimental_get_tracing_count() == 1

@@ -280,7 +280,7 @@ class _PackDriver(keras.callbacks.Callback):
             shared = _shared_spectra(targets, branch_data)
             self._lists.append([
                 keras.callbacks.CallbackList(
-                    [metrics, *build_instruments(t.config.log, t.log_dir, d.x_test,
+                    [metrics, *build_instruments(t.config.log, metrics.writer, d.x_test,
                                                  _sample(t.config, d), shared), *t.callbacks],
                     model=network)
                 for t, d, metrics in zip(targets, branch_data, branch_metrics)])

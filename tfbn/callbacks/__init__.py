@@ -84,8 +84,9 @@ def build_instruments(log_config, log_dir, probe_x, sample=None, shared_spectra=
     Args:
         log_config: A `tfbn.config.LogConfig`: which instruments, how often,
             the probe size and the Jacobian's BN mode.
-        log_dir: The trial's run directory; every instrument writes there,
-            in one event file, so TensorBoard shows them as one run.
+        log_dir: The trial's run directory, where every instrument writes, in
+            one event file, so that TensorBoard shows them as one run; or the
+            `events.Writer` of the trial's `StepMetrics`, to share its file.
         probe_x: Test inputs; the first ``log_config.probe_size`` of them
             form the probe set of the Jacobian and percentile instruments.
         sample: A `TrainingSample`, the training batches of the ``ics`` and
@@ -108,7 +109,7 @@ def build_instruments(log_config, log_dir, probe_x, sample=None, shared_spectra=
         raise ValueError("the ics and landscape instruments probe training batches: "
                          "pass sample=TrainingSample(...)")
     every = {name: getattr(log_config, f"{name}_every") for name in log_config.instruments}
-    return _build(log_config.instruments, events.Writer(log_dir), every, probe_x[:log_config.probe_size],
+    return _build(log_config.instruments, events.Writer.of(log_dir), every, probe_x[:log_config.probe_size],
                   sample, log_config.jacobian_mode, "batch", shared_spectra)
 
 

@@ -18,6 +18,9 @@ class BatchStatisticsEvaluation(keras.callbacks.Callback):
     Renormalization's step counter) is restored afterwards, so training is
     unaffected; noisy BN's noise is off, as at any evaluation. Place it before `tfbn.callbacks.StepMetrics`, which logs it.
 
+    Measures any classifier that outputs logits for integer labels, as
+    `tfbn.build_mlp`'s networks do: the loss is their sparse cross-entropy.
+
     Args:
         test: A `tf.data.Dataset` of ``(x, y)`` test batches; each batch is
             normalized by its own statistics.

@@ -14,6 +14,8 @@ class Progress(keras.callbacks.Callback):
 
     On a terminal the line is rewritten in place; otherwise (a log file) a plain
     line is printed at most every `PLAIN_LINE_INTERVAL_S` seconds and at the end.
+    Works with any model: it prints the ``loss``, ``accuracy`` and
+    ``val_accuracy`` that Keras logs (NaN where a model logs none).
 
     Args:
         total_steps: Steps the training runs for.
