@@ -88,14 +88,14 @@ def verdict_table(measures):
 
 def _summary_one(study, rows):
     absolute, relative = thresholds(study.config)
-    speeds = ([f"a trial that never reached {absolute}"] if absolute is not None else []) + (
-        [f"one that never reached {relative:g} x the best final accuracy of its group (the trials "
-         "that differ from it only in `bn`, which the best of them reaches by definition)"]
-        if relative is not None else [])
+    speeds = ([f"{absolute}"] if absolute is not None else []) + (
+        [f"{relative:g} x the best final accuracy of its group, the trials that differ from it "
+         "only in `bn`, which the best of them reaches by definition"] if relative is not None else [])
     blocks = [Heading(2, "Summary I: which factor changes BN's effect most"),
               Text(f"Effect of each BN arm against `none` (arm minus none), mean and "
                    f"{CONFIDENCE:.0%} confidence interval over pairs of trials that differ only in "
-                   f"`bn`. Steps to threshold: {' and '.join(speeds)} counts as "
+                   f"`bn`. Steps to threshold: a trial that never reached its threshold "
+                   f"({'; '.join(speeds)}) counts as "
                    f"{study.config.train.steps} steps (its total), so the effect on it is "
                    "bounded, not measured, when many never reach it; the never-reached columns "
                    "count them."), *_unreached(study, absolute)]
@@ -157,16 +157,17 @@ def _summary_two(study, measures):
 
 def _trials(study):
     statuses = Counter(t.status for t in study.trials)
-    relative = thresholds(study.config)[1]
+    absolute, relative = thresholds(study.config)
     steps = relative_steps(study)
     blocks = [Heading(2, "Trials"),
               Text(", ".join(f"{count} {status}" for status, count in statuses.items()) + "."),
-              Table(("run", "status", "final accuracy", "best accuracy", "steps to threshold",
+              Table(("run", "status", "final accuracy", "best accuracy",
+                     *(("steps to threshold",) if absolute is not None else ()),
                      *((f"steps to relative threshold {relative:g}",) if relative is not None else ()),
                      "final accuracy, test-batch statistics", "seconds"),
                     tuple((f"`{t.run}`", t.status, _number(t.number("final_accuracy"), ".4f"),
                            _number(t.number("best_accuracy"), ".4f"),
-                           _steps(t, t.number("steps_to_threshold")),
+                           *((_steps(t, t.number("steps_to_threshold")),) if absolute is not None else ()),
                            *((_steps(t, steps(t)),) if relative is not None else ()),
                            _number(t.number("final_accuracy_batch_stats"), ".4f"),
                            _number(t.number("seconds"), ".1f"))
