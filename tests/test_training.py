@@ -1,13 +1,17 @@
 """tfbn.training: a trial's summary from its evaluations, and the step schedule."""
 
 import math
+import warnings
 
 import keras
 import pytest
 
-from tfbn.config import TrainConfig
+from tfbn.config import TrainConfig, load_config
+from tfbn.design import apply_factors
 from tfbn.results import TrialResult
-from tfbn.training import build_optimizer, steps_per_execution, summarise
+from tfbn.training import Target, build_optimizer, steps_per_execution, summarise, train_pack
+
+from helpers import QUICKSTART
 
 
 def evaluation(loss, accuracy, test_loss, batch_stats=None):
@@ -51,3 +55,15 @@ def test_that_the_optimizer_is_plain_sgd_or_adam_at_the_configured_rate():
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0
     assert float(sgd.learning_rate) == pytest.approx(0.05)
     assert isinstance(adam, keras.optimizers.Adam) and float(adam.learning_rate) == pytest.approx(0.002)
+
+
+def test_that_a_diverging_branch_reaches_the_user_without_numpy_warnings(tmp_path):
+    # At a learning rate of 1e36 the kernels grow past float32's square root at once.
+    config = load_config(QUICKSTART, ["train.steps=100", "train.eval_every=50",
+                                      "log.instruments=[weights]", "log.weights_every=50"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        packed = train_pack([[Target(apply_factors(config, {"learning_rate": rate}), str(tmp_path / str(rate)))]
+                             for rate in (1e36, 0.01)])
+    assert [result.status for [result] in packed] == ["diverged", "ok"]
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []

@@ -36,7 +36,8 @@ class Weights(Periodic):
             if id(layer) in kernels:
                 kernel = layer.kernel.numpy()
                 histograms[tags.weights(layer.name, "kernel")] = kernel
-                scalars[tags.weight_norm(layer.name)] = np.linalg.norm(kernel)
+                # In float64: a diverging network's float32 squares overflow (a NumPy warning).
+                scalars[tags.weight_norm(layer.name)] = np.linalg.norm(kernel.astype(np.float64))
             else:  # BN's gamma, beta and moving statistics; layers without weights add none
                 for variable in layer.weights:
                     histograms[tags.weights(layer.name, variable.name)] = variable.numpy()
