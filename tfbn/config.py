@@ -556,7 +556,7 @@ def _parse_factors(raw, key):
             raise ConfigError(f"{key}: {name} sets the same key as another factor "
                               f"({canonical}); keep one of them")
         levels = levels if isinstance(levels, list) else [levels]
-        section, field_name = FACTORS.get(canonical) or canonical.split(".")
+        section, field_name = factor_field(canonical)
         field = _section_fields(section)[field_name]
         parsed = tuple(coerce_value(v, field, f"{key}.{name}[{i}]") for i, v in enumerate(levels))
         if not parsed or len(set(parsed)) != len(parsed):

@@ -64,11 +64,10 @@ def check_devices(distribute_config):
         named.append((spec.device_type, spec.device_index or 0))
     if len(set(named)) != len(named):
         raise ConfigError(f"distribute.devices: {list(c.devices)} names a device twice; list each once")
-    if c.strategy == "mirrored" and len(named or range(gpus)) < 2:
-        raise ConfigError(
-            f"distribute.strategy: mirrored needs two or more devices, and "
-            f"{'distribute.devices lists' if named else 'this machine has'} {len(named) or gpus}"
-            f"{'' if named else ' GPUs'}; set distribute.strategy to auto or none")
+    if c.strategy == "mirrored" and len(named if named else range(gpus)) < 2:
+        have = f"distribute.devices lists {len(named)}" if named else f"this machine has {gpus} GPUs"
+        raise ConfigError(f"distribute.strategy: mirrored needs two or more devices, and {have}; "
+                          "set distribute.strategy to auto or none")
     workers = max(len(os.sched_getaffinity(0)), gpus)
     if c.parallel_trials > workers:
         raise ConfigError(
