@@ -200,6 +200,7 @@ CASES = [
     Case("quoted empty experiment", ["experiment=''"], "experiment"),
     Case("experiment name with a tab", ["experiment=a\tb"], "experiment"),
     Case("log.dir is a file", key="log.dir", prepare=_log_dir_file),
+    Case("log.dir under a file", ["log.dir=logs/runs"], key="log.dir", prepare=_log_dir_file),
     Case("experiment folder is a file", key="experiment", prepare=_experiment_file),
     Case("steps above 2^31", ["train.steps=3000000000", "train.eval_every=1000"], "train.steps"),
     Case("examples beyond a year", ["train.steps=1000000000", "train.batch_size=10000"], "train.steps"),

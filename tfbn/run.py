@@ -124,9 +124,14 @@ def check_outputs(config, restart=False):
         restart: ``--restart``, which moves the experiment folder aside whatever it holds.
     """
     experiment_dir = os.path.join(config.log.dir, config.experiment)
-    if os.path.exists(config.log.dir) and not os.path.isdir(config.log.dir):
-        raise UserError(f"log.dir {config.log.dir!r} is a file, not a folder; set log.dir to a "
-                        "folder, e.g. --set log.dir=logs")
+    # The folder that log.dir is, or that its missing folders would be made in.
+    existing = os.path.abspath(config.log.dir)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is not a folder" if not os.path.isdir(existing) else "cannot be written"
+        raise UserError(f"log.dir {config.log.dir!r}: {existing} {problem}; set log.dir to a "
+                        "folder you can write, e.g. --set log.dir=logs")
     if restart:
         return
     if os.path.exists(experiment_dir) and not os.path.isdir(experiment_dir):
