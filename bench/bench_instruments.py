@@ -54,6 +54,8 @@ from tfbn.models import build_mlp  # noqa: E402
 
 BATCH = 60
 STEPS_PER_EXECUTION = 32
+# The course project's run length, which sets the Jacobian's default period (a tenth of it).
+TRAIN_STEPS = 40_000
 INSTRUMENTS = ("weights", "gradients", "jacobian", "percentiles")
 ON_REQUEST = ("ics", "landscape")
 
@@ -80,6 +82,11 @@ def build(plain=False):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=STEPS_PER_EXECUTION)
     return model
+
+
+def log_defaults():
+    """`LogConfig`'s defaults, with the Jacobian's period resolved as a config of `TRAIN_STEPS` has it."""
+    return dataclasses.replace(LogConfig(), jacobian_every=TRAIN_STEPS // 10)
 
 
 def recording_cost(dataset, chunks):
@@ -125,7 +132,7 @@ def write_seconds(config, probe, log_dir, writes):
 
 def throughput(dataset, log_dir, x, window, repeats):
     """Steps/s of fit in interleaved windows of ``window`` steps, per variant."""
-    defaults = LogConfig()
+    defaults = log_defaults()
     variants = {"keras.Model": (build(plain=True), []), "MLP": (build(), [])}
     for name in INSTRUMENTS:
         config = dataclasses.replace(defaults, instruments=(name,))
@@ -205,7 +212,7 @@ def instrument_costs(dataset, x, chunks, writes, window, repeats):
               f"training time at {step * 1e3:.2f} ms/step:")
         print(f"   {'config':10s} {'instrument':12s} {'probe':>5s} {'every':>6s} {'first s':>8s} "
               f"{'s/write':>8s} {'share':>6s}")
-        config = LogConfig(instruments=INSTRUMENTS + ON_REQUEST)
+        config = dataclasses.replace(log_defaults(), instruments=INSTRUMENTS + ON_REQUEST)
         seconds = write_seconds(config, x[:config.probe_size], log_dir, writes)
         shares = {i: seconds[i][1] / (getattr(config, f"{i}_every") * step) for i in config.instruments}
         for i in config.instruments:
