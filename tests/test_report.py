@@ -572,6 +572,7 @@ def test_that_a_relative_threshold_times_each_arm_against_its_groups_best(tmp_pa
 
     experiment = write_study(config, result, events)
     study = load_study(str(experiment))
+    assert str(study.config.train.threshold) == "relative 0.98, absolute 0.99"  # as tfbn.run prints it
     steps = relative_steps(study)
     # Seed 0: 0.98 * 0.95 = 0.931, which none reaches at step 1000 (0.95) and before never;
     # seed 1: 0.98 * 0.9 = 0.882, which before reaches at step 500 and none never.

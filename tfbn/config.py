@@ -221,6 +221,9 @@ class Threshold:
     absolute: Optional[float] = _field(None, "test accuracy, as a plain number gives it; null: none",
                                        _check_threshold)
 
+    def __str__(self):
+        return f"relative {self.relative:g}" + ("" if self.absolute is None else f", absolute {self.absolute:g}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
