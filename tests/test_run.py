@@ -147,9 +147,11 @@ def test_that_a_dotted_factor_runs_as_a_study_and_its_packed_trials_equal_solo_o
     solo = list(csv.DictReader(open(tmp_path / "solo" / "results.csv")))
     assert [(row["run"], row["model.bn_momentum"], row["status"]) for row in packed] == [
         ("bn=before,bn_momentum=0.9", "0.9", "ok"), ("bn=before,bn_momentum=0.99", "0.99", "ok")]
+    accuracies = [float(row["final_accuracy"]) for row in packed]
     # The momentum changes the moving statistics that the test accuracy normalizes by.
-    assert packed[0]["final_accuracy"] != packed[1]["final_accuracy"]
-    assert [row["final_accuracy"] for row in packed] == [row["final_accuracy"] for row in solo]
+    assert abs(accuracies[0] - accuracies[1]) > 0.02
+    # As the packing equivalence tests allow: one test example of the 500.
+    assert accuracies == pytest.approx([float(row["final_accuracy"]) for row in solo], abs=0.002)
 
 
 USER_MODELS = """
