@@ -122,7 +122,7 @@ def _build_user_model(spec, arguments):
             f"model.builder {spec!r} returned {type(network).__name__}; return a functional "
             "keras.Model whose first layer is a Dense layer named dense_1 (see tfbn.training.build_model)")
     # The same layers as a model whose training step keeps its kernels' gradients.
-    return MLP(network.inputs, network.outputs, name=network.name)
+    return MLP(network.input, network.output, name=network.name)
 
 
 def build_optimizer(train_config):

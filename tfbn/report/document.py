@@ -39,7 +39,9 @@ def _overview(study):
         data += f", classes {list(c.data.classes)}"
     factors = "; ".join(f"{name}: {', '.join(levels)}" for name, levels in study.factors.items())
     missing = f" {len(study.missing)} design points have no result yet." if study.missing else ""
-    return [Text(f"Config defaults: data {data}; MLP {c.model.depth}x{c.model.width} {c.model.activation}; "
+    network = (f"network of {c.model.builder}" if c.model.builder
+               else f"MLP {c.model.depth}x{c.model.width} {c.model.activation}")
+    return [Text(f"Config defaults: data {data}; {network}; "
                  f"{c.train.optimizer} at learning rate {c.train.learning_rate}, batch "
                  f"{c.train.batch_size}, {c.train.steps} steps, {_threshold_text(c)}. "
                  f"Design {c.study.design}; factors {factors}. "
