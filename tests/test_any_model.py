@@ -173,17 +173,26 @@ def test_that_a_sequential_mlp_of_ones_own_is_measured_like_build_mlps(tmp_path)
 
 def test_that_an_instrument_with_nothing_to_measure_says_so_once_and_writes_nothing(tmp_path):
     inputs = keras.Input((64,))
-    model = keras.Model(inputs, keras.layers.Add()([keras.layers.Dense(10)(inputs), keras.layers.Dense(10)(inputs)]))
+    branches = [keras.layers.Dense(10, activation="tanh")(inputs), keras.layers.Dense(10)(inputs)]
+    model = keras.Model(inputs, keras.layers.Add()(branches), name="two_branches")
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callbacks = tfbn.callbacks.instruments(str(tmp_path), (X_TEST[:20], Y_TEST[:20]), every=5)
     with pytest.WarningsRecorder() as caught:
         model.fit(X_TRAIN[:80], Y_TRAIN[:80], batch_size=16, verbose=0, callbacks=callbacks)
-    said = [str(w.message) for w in caught if "writes nothing" in str(w.message)]
-    assert sorted(message.split(":")[0] for message in said) == [
-        "ActivationPercentiles writes nothing", "JacobianSpectrum writes nothing"]
-    assert all("is not a chain of layers" in message for message in said)
+    said = sorted(str(w.message) for w in caught if "'two_branches' is not a chain" in str(w.message))
+    assert [message.split(":")[0] for message in said] == [
+        "ActivationPercentiles writes nothing", "JacobianSpectrum writes the network's Jacobian only"]
     scalars, histograms = read_run(tmp_path)
-    assert not [tag for tag in [*scalars, *histograms] if tag.startswith(("jacobian/", "percentiles/"))]
+    assert not [tag for tag in scalars if tag.startswith("percentiles/")]
+    assert {tag for tag in histograms if tag.startswith("jacobian/")} == {"jacobian/network/singular_values"}
+    x = tf.constant(X_TEST[:20])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = model(x)
+    expected = np.linalg.svd(tape.batch_jacobian(outputs, x).numpy().astype(np.float64), compute_uv=False)
+    assert scalars["jacobian/network/mean"][5] == pytest.approx(expected.mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="BN's batch mode, measure chains of layers"):
+        tfbn.instruments.jacobian_singular_values(model, x, "batch")
     assert {tag for tag in scalars if tag.startswith("gradients/norm/")} == {
         f"gradients/norm/{layer.name}" for layer in model.layers if isinstance(layer, keras.layers.Dense)}
 

@@ -22,8 +22,10 @@ layers are called. `tfbn.build_mlp` networks are one case of this.
 
 The preactivation and Jacobian instruments evaluate the model step by step
 and need it to be a chain of layers (`tfbn.structure.chain`: a Sequential
-model, or a functional one without branches); they raise ValueError for
-other models. The gradient instruments measure any model.
+model, or a functional one without branches). Of any other model,
+`jacobian_singular_values` measures the network's Jacobian alone, in
+inference mode, by differentiating the model's own call; the rest raise
+ValueError. The gradient instruments measure any model.
 
 The loss of the gradient instruments is the one the model was compiled with
 (`model.compute_loss`), or a ``loss`` passed in; a model compiled without a
@@ -129,12 +131,15 @@ def jacobian_singular_values(model, x, mode="inference"):
     ``[output size, input size]`` with the block's output and input
     flattened, which grows with the square of the feature map size.
 
+    A model that is not a chain of layers (one with branches, say) gets the
+    network's Jacobian alone, in inference mode.
+
     The squared singular values are the eigenvalues of the smaller Gram
     matrix of each Jacobian, computed in float64 so that small singular
     values keep their accuracy.
 
     Args:
-        model: A Keras model that is a chain of layers (`tfbn.structure.chain`).
+        model: A Keras model.
         x: Probe inputs, shape ``[num_examples, ...]``.
         mode: ``"inference"`` or ``"batch"`` (see the module docstring).
 
@@ -163,8 +168,10 @@ def jacobian_singular_values_autodiff(model, x, mode="inference"):
     batch's statistics), not the steps the fast path takes.
     """
     _check_mode(mode)
-    _steps(model)  # a chain of layers
     x = tf.convert_to_tensor(x, tf.float32)
+    if structure.chain(model) is None:
+        _steps(model, whole=mode == "inference")  # refuses batch mode
+        return {NETWORK: _svd(_batch_jacobian(functools.partial(model, training=False), x)[1])}
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     starts = [i for i, layer in enumerate(layers) if isinstance(layer, structure.KERNEL_LAYERS)]
 
@@ -402,7 +409,7 @@ def _concatenated(tensors):
 
 
 # Compiled instruments of each model: {model: {(name, mode): tf.function}}. Weak, so that a
-# model's traces go with it; the functions hold the model weakly for the same reason.
+# model's traces go with it; the functions hold its layers, or the model weakly.
 _COMPILED = weakref.WeakKeyDictionary()
 
 
@@ -410,19 +417,22 @@ def _compiled(model, name, mode):
     """The tf.function of ``_<name>(steps, mode, ...)`` for ``model``, made once."""
     functions = _COMPILED.setdefault(model, {})
     if (name, mode) not in functions:
-        steps = _steps(model)
+        steps = _steps(model, whole=name != "preactivations" and mode == "inference")
         # A partial, not a closure: TensorFlow counts traces per code object, and would
         # take the first trace of each of many models for a function retracing in a loop.
         functions[name, mode] = tf.function(functools.partial(_FUNCTIONS[name], steps, mode))
     return functions[name, mode]
 
 
-def _steps(model):
+def _steps(model, whole=False):
+    """The model's chain of steps; with ``whole``, a model that is not a chain is one step, its own call."""
     steps = structure.chain(model)
-    if steps is None:
-        raise ValueError(f"the preactivation and Jacobian instruments measure chains of layers: "
-                         f"{structure.chain_problem(model)}")
-    return steps
+    if steps is not None:
+        return steps
+    if whole:
+        return [structure.Step(weakref.proxy(model), structure.OTHER)]
+    raise ValueError(f"the preactivation and block Jacobian instruments, and BN's batch mode, "
+                     f"measure chains of layers: {structure.chain_problem(model)}")
 
 
 def _preactivations(steps, mode, x):

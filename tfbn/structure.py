@@ -102,7 +102,7 @@ def chain_problem(model):
     """Why ``model`` is not a chain of layers, for a warning; None if it is one."""
     if chain(model) is None:
         return (f"model {model.name!r} is not a chain of layers (one input, one output, each layer "
-                "taking the previous layer's output only), which it evaluates layer by layer")
+                "taking the previous layer's output only), which is evaluated layer by layer")
     return None
 
 

@@ -1,5 +1,7 @@
 """Jacobian spectra on a fixed probe set (claim 5: BN brings backprop near isometry)."""
 
+import warnings
+
 import numpy as np
 
 from tfbn import structure, tags
@@ -11,9 +13,11 @@ from tfbn.instruments import jacobian_singular_values, spectrum_statistics
 class JacobianSpectrum(Periodic):
     """Logs the singular values of each block's Jacobian and the network's.
 
-    Measures any model that is a chain of layers (a Sequential model, or a
-    functional one without branches: `tfbn.structure.chain`); a block runs
-    from one Dense or convolution layer to the next. Computed per probe
+    Measures any model: the blocks of a chain of layers (a Sequential model,
+    or a functional one without branches: `tfbn.structure.chain`), each from
+    one Dense or convolution layer to the next, and the network; of any
+    other model the network alone, in inference mode, with a warning when
+    training begins. Computed per probe
     example by `tfbn.instruments.jacobian_singular_values`, which says what
     a convolutional block's Jacobian is. Tags: ``jacobian/<kernel layer or
     network>/singular_values`` histograms of all examples' singular values,
@@ -38,8 +42,15 @@ class JacobianSpectrum(Periodic):
         if shared is not None and mode != "inference":
             raise ValueError("shared spectra use BN's moving statistics: mode must be 'inference'")
 
+    def on_train_begin(self, logs=None):
+        problem = structure.chain_problem(self.model)
+        if problem and self.mode == "inference":
+            warnings.warn(f"JacobianSpectrum writes the network's Jacobian only: {problem}", stacklevel=2)
+        super().on_train_begin(logs)
+
     def unmeasurable(self):
-        return structure.chain_problem(self.model)
+        problem = structure.chain_problem(self.model)
+        return f"{problem}, as BN's batch mode needs" if problem and self.mode != "inference" else None
 
     def measure(self):
         if self.shared is None:
