@@ -72,6 +72,10 @@ MODES = ("inference", "batch")
 # Examples per batch of eigendecompositions: bounds the float64 Gram matrices
 # of 100-unit layers to about 20 MB each, at no cost in speed.
 CHUNK = 250
+# Entries of the Jacobians formed by automatic differentiation per chunk (a convolution's block
+# is [output size, input size] for each example): fewer examples a chunk where they are large,
+# so that a 28x28 feature map's block takes a few hundred MB, not gigabytes.
+JACOBIAN_ENTRIES = 2**24
 NETWORK = "network"
 
 
@@ -154,8 +158,9 @@ def jacobian_singular_values(model, x, mode="inference"):
     x = tf.convert_to_tensor(x, tf.float32)
     state = _compiled(model, "forward", mode)(x)
     spectra = _compiled(model, "spectra", mode)
-    parts = [spectra(x[i:i + CHUNK], _rows(state, i), state["statistics"])
-             for i in range(0, x.shape[0], CHUNK)]
+    chunk = min(CHUNK, max(1, JACOBIAN_ENTRIES // int(state["largest_jacobian"])))
+    parts = [spectra(x[i:i + chunk], _rows(state, i, chunk), state["statistics"])
+             for i in range(0, x.shape[0], chunk)]
     return {name: np.concatenate([_singular_values(*part[name]) for part in parts]) for name in parts[0]}
 
 
@@ -441,19 +446,24 @@ def _preactivations(steps, mode, x):
 
 
 def _forward(steps, mode, x):
-    """BN's statistics over the probe, and per block its gains if it is diagonal, else its input."""
+    """BN's statistics over the probe, per block its gains if it is diagonal, else its input,
+    and the entries per example of the largest Jacobian that `_spectra` differentiates."""
     inputs, statistics = _pass(steps, mode, x)
-    gains, block_inputs = {}, {}
+    gains, block_inputs, sizes = {}, {}, [1]
     for name, (start, end) in _blocks(steps).items():
         if _is_diagonal(steps[start:end], inputs[start]):
             gains[name] = _gain(steps[start + 1:end], inputs[start + 1:end + 1], statistics)
         else:
             block_inputs[name] = inputs[start]
-    return {"statistics": statistics, "gains": gains, "block_inputs": block_inputs}
+            sizes.append(_size(inputs[start]) * _size(inputs[end]))
+    if not _is_product(gains, block_inputs, steps):
+        sizes.append(_size(x) * _size(inputs[-1]))
+    return {"statistics": statistics, "gains": gains, "block_inputs": block_inputs,
+            "largest_jacobian": tf.constant(max(sizes), tf.int64)}
 
 
 def _pass(steps, mode, x):
-    """The input of every step on the probe, and the statistics BN normalizes by."""
+    """The input of every step on the probe and then the output, and the statistics BN normalizes by."""
     inputs, statistics = [], {}
     h = x
     for step in steps:
@@ -461,7 +471,7 @@ def _pass(steps, mode, x):
         if step.kind == structure.NORMALIZATION:
             statistics[step.layer.name] = _statistics(step.layer, h, mode)
         h = _apply(step, h, statistics)
-    return inputs, statistics
+    return inputs + [h], statistics
 
 
 def _spectra(steps, mode, x, rows, statistics):
@@ -476,7 +486,7 @@ def _spectra(steps, mode, x, rows, statistics):
         else:
             block = functools.partial(_apply_all, steps[start:end], statistics=statistics)
             grams[name] = _gram(_jacobian(block, rows["block_inputs"][name]))
-    if rows["gains"] and not rows["block_inputs"] and _is_plain(steps):
+    if _is_product(rows["gains"], rows["block_inputs"], steps):
         grams[NETWORK] = _network_gram(steps, list(rows["gains"].values()))
     else:
         grams[NETWORK] = _gram(_jacobian(functools.partial(_apply_all, steps, statistics=statistics), x))
@@ -486,8 +496,8 @@ def _spectra(steps, mode, x, rows, statistics):
 _FUNCTIONS = {"preactivations": _preactivations, "forward": _forward, "spectra": _spectra}
 
 
-def _rows(state, start):
-    return {part: {name: t[start:start + CHUNK] for name, t in state[part].items()}
+def _rows(state, start, chunk):
+    return {part: {name: t[start:start + chunk] for name, t in state[part].items()}
             for part in ("gains", "block_inputs")}
 
 
@@ -505,6 +515,11 @@ def _is_diagonal(block, h):
     """Whether the block is a Dense layer on vectors followed by steps that act on each unit alone."""
     return (isinstance(block[0].layer, keras.layers.Dense) and h.shape.rank == 2
             and all(step.elementwise for step in block[1:]))
+
+
+def _is_product(gains, block_inputs, steps):
+    """Whether the network's Jacobian is the product of its blocks' and the last kernel."""
+    return bool(gains) and not block_inputs and _is_plain(steps)
 
 
 def _is_plain(steps):
