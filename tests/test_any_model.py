@@ -219,3 +219,17 @@ def test_that_a_users_grid_search_writes_each_trial_to_its_own_run(tmp_path):
         units[run.parent.name] = histograms["weights/values/hidden/kernel"][12][:, 2].sum() / 64
     trials = {t.trial_id: t.hyperparameters.get("units") for t in tuner.oracle.trials.values()}
     assert units == trials
+
+
+def test_that_a_chain_splits_fused_activations_and_refuses_branches():
+    model = cnn()
+    steps = [(step.layer.name, step.kind, step.without_activation) for step in tfbn.structure.chain(model)]
+    assert steps == [("conv", "linear", False), ("conv_bn", "normalization", False),
+                     ("conv_relu", "nonlinearity", False), ("pool", "other", False),
+                     ("flatten", "other", False), ("hidden", "linear", True), ("hidden", "nonlinearity", False),
+                     ("probabilities", "linear", True), ("probabilities", "nonlinearity", False)]
+    assert [layer.name for layer in tfbn.structure.kernel_layers(model)] == ["conv", "hidden", "probabilities"]
+    inputs = keras.Input((4,))
+    skip = keras.Model(inputs, keras.layers.Add()([inputs, keras.layers.Dense(4)(inputs)]), name="skip")
+    assert tfbn.structure.chain(skip) is None
+    assert "model 'skip' is not a chain of layers" in tfbn.structure.chain_problem(skip)
