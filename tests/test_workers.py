@@ -57,8 +57,10 @@ sys.exit(main(sys.argv[3:]))
 
 def test_that_a_chief_and_two_workers_one_set_up_by_environment_alone_run_each_trial_once(
         tmp_path, processes):
+    # Four packs of two branches (seeds would share one pack): each worker gets some.
     args = [*FLAGS, *set_args(
-        tmp_path, "study.factors={bn: [none, before], seed: [0, 1, 2, 3]}", "train.steps=50")]
+        tmp_path, "study.factors={bn: [none, before], seed: [0, 1, 2, 3]}", "train.steps=50",
+        "train.pack=2")]
     port = free_port()
     oracle = f"{LOOPBACK}:{port}"
     folder = tmp_path / "workers"
@@ -191,7 +193,7 @@ def _started_environment(pid, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            started = b"tfbn.run" in f.read()
+            started = b"tfbn.workers" in f.read()
         with open(f"/proc/{pid}/environ", "rb") as f:
             data = f.read()
         if (started and data) or time.monotonic() > deadline:

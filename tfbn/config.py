@@ -282,6 +282,11 @@ class DistributeConfig:
     devices: Optional[tuple[str, ...]] = _field(None, "devices of strategy mirrored; null: all")
     parallel_trials: int = _field(1, "packs trained at once, one worker process per GPU (per share of the CPU cores without one)",
                                   _check_positive)
+    worker_timeout: float = _field(
+        60.0, "seconds without word from a worker after which the chief proposes its pack to "
+        "another worker, and a worker gives up on a silent chief (at most 60); workers send a "
+        "heartbeat every quarter of it from a thread of their own, so it need not cover a pack's "
+        "length", _check_positive)
 
 
 @dataclasses.dataclass(frozen=True)

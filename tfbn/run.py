@@ -18,6 +18,7 @@ from tfbn.config import load_builder, load_config
 from tfbn.design import apply_factors, design_points, study_factors
 from tfbn.devices import check_memory
 from tfbn.errors import UserError
+from tfbn.interrupts import Interrupted, Stopped, resume_command
 from tfbn.results import format_table
 from tfbn.workers import current_role, set_role
 
@@ -88,6 +89,13 @@ def main(argv=None):
                              one_pack=args.one_pack)
         except PackFinished:
             return RECYCLE_STATUS
+        except Stopped as stop:
+            # A local worker's launcher reports what stopped it.
+            if not (args.one_pack and isinstance(stop, Interrupted)):
+                print(f"tfbn: {stop}", file=sys.stderr)
+            if stop.resume and role != "worker":
+                print(f"tfbn: to resume, run: {resume_command(argv)}", file=sys.stderr)
+            return stop.status
         if role == "worker":
             return 0
         print(f"\n{config.experiment}: test accuracy with BN's moving statistics "

@@ -24,9 +24,9 @@ import time
 
 import keras_tuner
 import tensorflow as tf
-from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.engine.trial import Trial, TrialStatus
 
-from tfbn import hparams, layout, workers
+from tfbn import hparams, interrupts, layout, workers
 from tfbn.callbacks import Progress
 from tfbn.config import dump_config, flatten, load_config, to_dict
 from tfbn.data import load_data, release_data
@@ -44,6 +44,7 @@ OBJECTIVE = keras_tuner.Objective("final_accuracy", direction="max")
 # differs from the saved config is refused by name.
 FREE_TO_CHANGE = (
     "train.pack", "distribute.strategy", "distribute.devices", "distribute.parallel_trials",
+    "distribute.worker_timeout",
     "log.dir", "log.instruments", "log.weights_every", "log.gradients_every", "log.jacobian_every",
     "log.percentiles_every", "log.probe_size", "log.jacobian_mode",
 )
@@ -62,10 +63,13 @@ class DesignOracle(keras_tuner.Oracle):
     Args:
         packs: List of `tfbn.packing.Pack`.
         fixed: Hyperparameters recorded with every trial but not varied.
+        worker_timeout: Seconds without word from a worker (a call or a
+            heartbeat, `tfbn.workers.Heartbeat`) after which its pack is
+            proposed to another worker; None: never.
         **kwargs: Passed on to `keras_tuner.Oracle`.
     """
 
-    def __init__(self, packs, fixed=None, **kwargs):
+    def __init__(self, packs, fixed=None, worker_timeout=None, **kwargs):
         space = keras_tuner.HyperParameters()
         space.Choice("pack", [pack.name for pack in packs], ordered=False)
         for name, value in (fixed or {}).items():
@@ -75,6 +79,11 @@ class DesignOracle(keras_tuner.Oracle):
                          # A study records failed trials and goes on, however many fail.
                          max_consecutive_failed_trials=len(packs) + 1, **kwargs)
         self.proposals = [{"pack": pack.name, **(fixed or {})} for pack in packs]
+        self.worker_timeout = worker_timeout
+        self.lost = []  # a `tfbn.workers.LostPack` for each pack whose worker was lost
+        self.silenced = set()  # workers lost for their silence, which may still be running
+        self._heard = {}  # tuner id -> when the chief last heard from it
+        self._abandoned = set()  # trial ids of packs taken from lost workers
 
     def populate_space(self, trial_id):
         for values in self.proposals:
@@ -86,6 +95,84 @@ class DesignOracle(keras_tuner.Oracle):
         """Whether every pack was proposed and none is still running."""
         return not self.ongoing_trials and all(
             self._compute_values_hash(values) in self._tried_so_far for values in self.proposals)
+
+    # Workers that die or fall silent (distributed studies).
+
+    @keras_tuner.synchronized
+    def create_trial(self, tuner_id):
+        self._heard[tuner_id] = time.monotonic()
+        self.check_workers()
+        if tuner_id not in self.ongoing_trials and self.ongoing_trials and all(
+                self._compute_values_hash(values) in self._tried_so_far for values in self.proposals):
+            # Every pack is out, and some still train: the worker asks again (`StudyTuner`),
+            # for a pack comes back when its worker is lost.
+            self.tuner_ids.add(tuner_id)
+            return Trial(self.get_space(), status=TrialStatus.IDLE)
+        trial = super().create_trial(tuner_id)
+        for lost in self.lost:
+            if lost.again and lost.trained_by is None and lost.pack == trial.hyperparameters.values.get("pack"):
+                lost.trained_by = tuner_id
+        return trial
+
+    @keras_tuner.synchronized
+    def end_trial(self, trial):
+        if trial.trial_id in self._abandoned:
+            return  # a worker lost for its silence ends a pack that went to another one
+        super().end_trial(trial)
+
+    def get_trial(self, trial_id):
+        if trial_id.startswith(workers.HEARTBEAT_PREFIX):
+            return self._heartbeat(trial_id[len(workers.HEARTBEAT_PREFIX):])
+        return super().get_trial(trial_id)
+
+    @keras_tuner.synchronized
+    def _heartbeat(self, tuner_id):
+        """A worker's heartbeat: STOPPED tells it that its pack went to another worker."""
+        self._heard[tuner_id] = time.monotonic()
+        self.check_workers()
+        return Trial(self.get_space(),
+                     status=TrialStatus.STOPPED if tuner_id in self.silenced else TrialStatus.RUNNING)
+
+    @keras_tuner.synchronized
+    def check_workers(self):
+        """Loses the workers not heard from for ``worker_timeout`` seconds (`lose`)."""
+        if self.worker_timeout is None:
+            return
+        now = time.monotonic()
+        for tuner_id in list(self.tuner_ids):
+            silence = now - self._heard.get(tuner_id, now)
+            if silence > self.worker_timeout:
+                if self.lose(tuner_id, f"sent nothing for {silence:.0f} s") is not None:
+                    self.silenced.add(tuner_id)
+
+    @keras_tuner.synchronized
+    def lose(self, tuner_id, reason):
+        """Proposes the pack of a worker that died or went silent to the next worker that asks.
+
+        A pack that has lost two workers is given up: it may be what kills them.
+
+        Args:
+            tuner_id: The worker's id.
+            reason: What happened to it, e.g. ``was killed by SIGKILL``.
+
+        Returns:
+            A `tfbn.workers.LostPack`, or None when the worker held no pack.
+        """
+        self.tuner_ids.discard(tuner_id)
+        trial = self.ongoing_trials.pop(tuner_id, None)
+        if trial is None:
+            return None
+        self._abandoned.add(trial.trial_id)
+        values = trial.hyperparameters.values
+        again = all(lost.pack != values["pack"] for lost in self.lost)
+        if again:
+            # Proposed again as a new trial, so that the lost worker's calls about the old
+            # one, should it still be running, change nothing.
+            self._tried_so_far.discard(self._compute_values_hash(values))
+            self.max_trials += 1
+        self.lost.append(workers.LostPack(tuner_id, values["pack"], reason, again))
+        self.save()
+        return self.lost[-1]
 
 
 class StudyTuner(keras_tuner.Tuner):
@@ -115,6 +202,7 @@ class StudyTuner(keras_tuner.Tuner):
         self.quiet = quiet
         self.results_path = os.path.join(experiment_dir, "results.csv")
         self._trial_seconds = []
+        self._waiting = False
 
     def run_trial(self, trial, *args, **kwargs):
         pack = self.packs[trial.hyperparameters.get("pack")]
@@ -162,6 +250,16 @@ class StudyTuner(keras_tuner.Tuner):
             raise keras_tuner.errors.FailedTrialError(message) from error
         self._trial_seconds += [(time.monotonic() - start) / remaining] * remaining
         return {"final_accuracy": max(scores)}
+
+    def pre_create_trial(self):
+        interrupts.check()  # a stop asked for between packs
+        if self._waiting:  # the oracle's last answer was IDLE: every pack is out
+            time.sleep(1)
+        self._waiting = True
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        self._waiting = False
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # the oracle has the pack's end: the process may go
@@ -220,14 +318,22 @@ def run_study(config, *, quiet=False, restart=False, role=None, one_pack=False):
     # A worker's chief has checked the data of every trial already.
     _check_trials(config, points, strategy, check_data=role != "worker")
     # A worker's chief holds the lock; a worker takes none.
-    with experiment_lock(config.log.dir, config.experiment) if role != "worker" \
+    with interrupts.stop_on_signals(), \
+            experiment_lock(config.log.dir, config.experiment) if role != "worker" \
             else contextlib.nullcontext():
         return _run_locked(config, points, strategy, experiment_dir, quiet, restart, role, one_pack)
 
 
 def _run_locked(config, points, strategy, experiment_dir, quiet, restart, role, one_pack):
     """`run_study` once it holds the experiment's lock (or is a worker)."""
-    _prepare_experiment_dir(experiment_dir, config, restart)
+    if role == "worker":
+        # A worker writes no config: it must train by its chief's.
+        workers.wait_for_chief(workers.chief_silence(config.distribute.worker_timeout))
+        chief_config = workers.check_same_config(
+            config, os.path.join(experiment_dir, "config.yaml"),
+            [key for key in FREE_TO_CHANGE if key != "train.pack"])  # the packs must match
+    else:
+        _prepare_experiment_dir(experiment_dir, config, restart)
     _check_results_file(os.path.join(experiment_dir, "results.csv"), result_columns(points[0]), points)
     packs = plan_packs(config, points)
     oracle = DesignOracle(packs, fixed={"bn_sync": config.model.bn_sync})
@@ -240,36 +346,57 @@ def _run_locked(config, points, strategy, experiment_dir, quiet, restart, role, 
         return StudyTuner(config, points, packs, experiment_dir, quiet, one_pack=one_pack,
                           oracle=oracle, distribution_strategy=strategy)
 
-    if config.distribute.parallel_trials > 1 and role is None:
-        _search_with_local_workers(make_tuner, oracle, config, experiment_dir)
+    if role == "chief" or config.distribute.parallel_trials > 1 and role is None:
+        _search_as_chief(make_tuner, oracle, config, experiment_dir, local=role is None, quiet=quiet)
+    elif role == "worker":
+        with workers.Heartbeat(os.environ["KERASTUNER_TUNER_ID"],
+                               workers.chief_silence(chief_config.distribute.worker_timeout)):
+            make_tuner().search()
     else:
         make_tuner().search()
+    if oracle.lost:
+        raise workers.WorkersLost(oracle.lost, len(study_rows(experiment_dir, points)), len(points))
     return study_rows(experiment_dir, points)
 
 
-def _search_with_local_workers(make_tuner, oracle, config, experiment_dir):
-    """Serves ``oracle`` as the chief of ``parallel_trials`` workers on loopback."""
+def _search_as_chief(make_tuner, oracle, config, experiment_dir, local, quiet):
+    """Serves ``oracle`` as the chief of a study until its workers have trained every pack.
+
+    keras-tuner's chief serves in a thread of this process. With ``local``, this
+    process runs ``parallel_trials`` workers on loopback (`tfbn.workers.LocalWorkers`);
+    otherwise the workers run elsewhere (``--role worker``), and it waits until
+    each pack has ended and each worker has been told so, or was lost.
+    """
+    oracle.worker_timeout = config.distribute.worker_timeout
     saved_environment = dict(os.environ)
-    address = f"{workers.LOOPBACK}:{workers.free_port()}"
-    workers.set_role("chief", address)
+    if local:
+        address = f"{workers.LOOPBACK}:{workers.free_port()}"
+        workers.set_role("chief", address)
     try:
         chief = threading.Thread(target=make_tuner().search, daemon=True)
         chief.start()
+        if not local:
+            # Not chief.join(): keras-tuner's chief looks every 20 s for busy workers
+            # before it stops serving (a daemon thread; it ends with the process).
+            while chief.is_alive() and not (oracle.finished() and not oracle.tuner_ids):
+                time.sleep(workers.POLL_S)
+                interrupts.check()
+                oracle.check_workers()
+            return
         count = config.distribute.parallel_trials
         # The workers load what they train on; the chief needs its data no more.
         release_data()
         # Without GPUs the workers train on the CPU: each gets its share of the cores.
         cpu_only = not tf.config.list_physical_devices("GPU")
-        codes = workers.run_local_workers(os.path.join(experiment_dir, "config.yaml"), count, address,
-                                          threads=workers.threads_per_worker(count) if cpu_only else None)
+        codes = workers.run_local_workers(
+            os.path.join(experiment_dir, "config.yaml"), count, address, oracle,
+            threads=workers.threads_per_worker(count) if cpu_only else None, quiet=quiet)
     finally:
         os.environ.clear()
         os.environ.update(saved_environment)
-    # Not chief.join(): keras-tuner's chief looks every 20 s for busy workers before it
-    # stops serving (a daemon thread; it ends by itself). The oracle knows already.
-    if any(codes) or not oracle.finished():
-        raise RuntimeError(f"the workers exited (status {codes}) before the study finished; "
-                           "run the same command again to resume")
+    if not oracle.lost and not oracle.finished():
+        raise workers.WorkersExited(f"the workers exited (status {codes}) before the study "
+                                    "finished; run the same command again to resume")
 
 
 def study_rows(experiment_dir, points):
