@@ -1,6 +1,8 @@
 """A study as a chief and workers, and the command-line mistakes of roles and addresses."""
 
+import io
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -199,3 +201,61 @@ def _started_environment(pid, timeout=30):
         if (started and data) or time.monotonic() > deadline:
             return dict(item.split(b"=", 1) for item in data.split(b"\0") if b"=" in item)
         time.sleep(0.01)
+
+
+# Progress of local workers.
+
+class Terminal(io.StringIO):
+    """What a terminal receives; `screen` shows what it displays."""
+
+    def isatty(self):
+        return True
+
+    def screen(self):
+        rows, row = [""], 0
+        for part in re.split(r"(\033\[\d+F|\033\[J|\n)", self.getvalue()):
+            if part == "\n":
+                row += 1
+                rows += [""] * (row + 1 - len(rows))
+            elif part.endswith("F"):  # to the start of the line that many rows up
+                row -= int(part[2:-1])
+            elif part == "\033[J":  # clear from the cursor to the end of the screen
+                del rows[row:]
+                rows.append("")
+            else:
+                rows[row] += part
+        return rows[:-1]
+
+
+def test_that_the_progress_board_shows_one_line_per_running_pack_below_the_finished_ones():
+    terminal = Terminal()
+    board = workers.ProgressBoard(terminal)
+    pipes = [os.pipe() for _ in range(2)]
+    for slot, (read, _) in enumerate(pipes):
+        board.follow(slot, f"worker{slot}", os.fdopen(read))
+
+    def show(slot, line, expected):
+        os.write(pipes[slot][1], f"{line}\n".encode())
+        deadline = time.monotonic() + 10
+        while terminal.screen() != expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert terminal.screen() == expected
+
+    show(0, "trial 1/3  bn=none  |  step 50/400  |  ETA 9s", ["worker0: trial 1/3  bn=none  |  step 50/400  |  ETA 9s"])
+    show(1, "trial 2/3  bn=after  |  step 50/400  |  ETA 9s", ["worker0: trial 1/3  bn=none  |  step 50/400  |  ETA 9s",
+                                                            "worker1: trial 2/3  bn=after  |  step 50/400  |  ETA 9s"])
+    show(0, "trial 1/3  bn=none  |  step 100/400  |  ETA 8s", ["worker0: trial 1/3  bn=none  |  step 100/400  |  ETA 8s",
+                                                            "worker1: trial 2/3  bn=after  |  step 50/400  |  ETA 9s"])
+    show(1, "trial 2/3  bn=after  |  step 400/400  |  took 9s", ["worker1: trial 2/3  bn=after  |  step 400/400  |  took 9s",
+                                                              "worker0: trial 1/3  bn=none  |  step 100/400  |  ETA 8s"])
+    os.close(pipes[1][1])  # worker1 ends; a fresh process takes slot 1
+    board.note("tfbn: a note")
+    read, write = os.pipe()
+    board.follow(1, "worker1", os.fdopen(read))
+    pipes[1] = read, write
+    show(1, "trial 3/3  bn=before  |  step 50/400  |  ETA 9s", [
+        "worker1: trial 2/3  bn=after  |  step 400/400  |  took 9s", "tfbn: a note",
+        "worker0: trial 1/3  bn=none  |  step 100/400  |  ETA 8s",
+        "worker1: trial 3/3  bn=before  |  step 50/400  |  ETA 9s"])
+    for _, write in pipes:
+        os.close(write)

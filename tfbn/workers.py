@@ -483,11 +483,14 @@ class ProgressBoard:
         with pipe:
             for line in pipe:
                 line = f"{name}: {line.rstrip()}"
+                progress = PROGRESS_MARK in line and self.stream.isatty()
                 with self._lock:
-                    if self.stream.isatty() and PROGRESS_MARK in line and FINAL_MARK not in line:
+                    if progress and FINAL_MARK not in line:
                         self._live[slot] = line
                         self._draw([])
                     else:
+                        if progress:  # its pack's last line: no live line until the next pack
+                            self._live.pop(slot, None)
                         self._draw([line])
         with self._lock:
             if self._live.pop(slot, None) is not None:
