@@ -22,25 +22,22 @@ from helpers import (FLAGS, WAIT_S, cli, fake_train_pack, finish, instant_result
 
 # Which trials keras-tuner runs.
 
-@pytest.mark.parametrize("pack, packs", [("auto", 2), ("off", 12), (4, 4)])
+@pytest.mark.parametrize("pack, packs", [("auto", 1), ("off", 12), (4, 3)])
 def test_that_keras_tuner_runs_each_point_of_a_full_factorial_exactly_once(
         tmp_path, trained, pack, packs):
-    # Each seed is its own data stream: 6 branches per seed, in packs of at most `pack`.
+    # 12 branches, 6 a seed, in packs of at most `pack`: whole seeds where they fit.
     config = load(tmp_path, "study.factors={bn: [none, before, after], activation: [relu, tanh], "
                             "seed: [0, 1]}", f"train.pack={pack}")
-    rows = run_study(config, quiet=True)
+    rows = run_study(config, quiet=True, report=False)
     grid = list(itertools.product(["none", "before", "after"], ["relu", "tanh"], [0, 1]))
     assert Counter((c.model.bn, c.model.activation, c.train.seed) for c in trained) == Counter(grid)
-    assert [(row["bn"], row["activation"], row["seed"]) for row in rows] == [
-        (bn, act, str(seed)) for bn, act, seed in grid]
+    assert [(row["bn"], row["activation"], row["seed"]) for row in rows] == grid
     experiment = tmp_path / "quickstart"
     assert Counter(row["run"] for row in read_rows(experiment)) == {row["run"]: 1 for row in rows}
     assert trial_statuses(experiment) == {"COMPLETED": packs}
     assert len({row["trial"] for row in rows}) == packs
-    assert all(len({row["seed"] for row in rows if row["trial"] == trial}) == 1
-               for trial in {row["trial"] for row in rows})
 
-    run_study(config, quiet=True)  # a rerun finds every trial done
+    run_study(config, quiet=True, report=False)  # a rerun finds every trial done
     assert len(trained) == 12 and len(read_rows(experiment)) == 12
 
 
@@ -63,13 +60,13 @@ def test_that_the_design_oracle_is_finished_once_every_pack_was_proposed_and_has
 def test_that_keras_tuner_runs_each_point_of_a_one_at_a_time_design_exactly_once(tmp_path, trained):
     factors = "{activation: [relu, sigmoid], width: [50, 100], bn: [none, before], seed: [0, 1]}"
     config = load(tmp_path, "study.design=one_at_a_time", f"study.factors={factors}")
-    run_study(config, quiet=True)
+    run_study(config, quiet=True, report=False)
     # The quickstart's defaults are sigmoid and width 100.
     bases = [("sigmoid", 100), ("relu", 100), ("sigmoid", 50)]
     expected = [(*base, bn, seed) for base in bases for bn in ("none", "before") for seed in (0, 1)]
     seen = [(c.model.activation, c.model.width, c.model.bn, c.train.seed) for c in trained]
     assert Counter(seen) == Counter(expected) and len(seen) == 12
-    assert trial_statuses(tmp_path / "quickstart") == {"COMPLETED": 2}  # a pack per seed
+    assert trial_statuses(tmp_path / "quickstart") == {"COMPLETED": 1}  # seeds share a pack
 
 
 # Interruption, divergence and failure.
@@ -164,14 +161,14 @@ def test_that_a_diverged_trial_is_recorded_and_its_pack_mates_train_on(tmp_path)
 
 def test_that_a_results_file_with_runs_this_version_does_not_name_is_refused_untouched(tmp_path, trained):
     config = load(tmp_path, "study.factors.bn=[none, before]")
-    run_study(config, quiet=True)
+    run_study(config, quiet=True, report=False)
     results = tmp_path / "quickstart" / "results.csv"
     # A run name of another version (as when test_ratio was labelled dist=).
     old = results.read_text().replace("bn=before", "arm=before")
     results.write_text(old)
     with pytest.raises(ConfigError, match=r"names runs that this version of tfbn does not "
-                                          r"\(e.g. 'arm=before'\).*--restart"):
-        run_study(config, quiet=True)
+                                          r"\(e.g. 'arm=before'\).*restart=True"):
+        run_study(config, quiet=True, report=False)
     assert results.read_text() == old and len(trained) == 2
 
 
@@ -185,13 +182,14 @@ def test_that_failed_trials_are_recorded_and_do_not_stop_the_sweep(tmp_path, mon
         return instant_result(config)
 
     monkeypatch.setattr(tfbn.sweep, "train_pack", fake_train_pack(train_one))
-    config = load(tmp_path, "study.factors={seed: [0, 1, 2, 3, 4, 5, 6, 7]}")
-    rows = run_study(config, quiet=True)
+    config = load(tmp_path, "study.factors={seed: [0, 1, 2, 3, 4, 5, 6, 7]}", "train.pack=off")
+    rows = run_study(config, quiet=True, report=False)
     assert seeds == list(range(8))
-    failed = [(str(s), "failed", f"RuntimeError: no data for seed {s}") for s in range(1, 6)]
+    failed = [(s, "failed", f"RuntimeError: no data for seed {s}") for s in range(1, 6)]
     assert [(row["seed"], row["status"], row["message"]) for row in rows] == [
-        ("0", "ok", ""), *failed, ("6", "ok", ""), ("7", "ok", "")]
-    assert [row["final_accuracy"] for row in rows if row["status"] == "failed"] == [""] * 5
+        (0, "ok", None), *failed, (6, "ok", None), (7, "ok", None)]
+    assert [row["final_accuracy"] for row in rows if row["status"] == "failed"] == [None] * 5
+    assert [row["final_accuracy"] for row in rows if row["status"] == "ok"] == [0.5] * 3
     assert trial_statuses(tmp_path / "quickstart") == {"FAILED": 5, "COMPLETED": 3}
 
 
@@ -206,3 +204,37 @@ def test_that_the_command_line_prints_its_table_after_a_failed_trial(tmp_path, m
                  *set_args(tmp_path, "study.factors.bn=[none,before]", "train.pack=off")]) == 0
     table = capsys.readouterr().out
     assert "failed" in table and "before" in table
+
+
+# The Python API.
+
+def test_that_run_study_returns_typed_results_and_writes_the_report(tmp_path):
+    results = run_study(load(tmp_path, "study.factors={learning_rate: [0.01, 1.0e+36]}"), quiet=True)
+    ok, diverged = results
+    assert (ok["run"], ok["learning_rate"], ok["status"], ok["steps_run"]) == (
+        "lr=0.01", 0.01, "ok", 100)
+    assert 0 < ok["final_accuracy"] <= ok["best_accuracy"] <= 1 and ok["message"] is None
+    assert (diverged["learning_rate"], diverged["status"], diverged["steps_run"]) == (
+        1e36, "diverged", 50)
+    # The numbers are the file's, read as numbers.
+    assert {row["run"]: str(row["final_accuracy"]) for row in results} == {
+        row["run"]: row["final_accuracy"] for row in read_rows(tmp_path / "quickstart")}
+    assert results.missing == []
+    assert results.report == str(tmp_path / "quickstart" / "report" / "report.md")
+    assert "lr=0.01" in open(results.report).read()
+
+
+def test_that_errors_name_the_python_fix_to_python_and_the_flags_to_the_command_line(
+        tmp_path, trained, capsys):
+    run_study(load(tmp_path), quiet=True, report=False)
+    with pytest.raises(ConfigError) as error:
+        run_study(load(tmp_path, "train.steps=200"), quiet=True, report=False)
+    assert str(error.value).endswith(
+        "(train.steps changed). Resume it unchanged, give this one another name "
+        "(experiment=NAME among load_config's overrides), or pass restart=True to move the old "
+        "run aside")
+    assert main([*FLAGS, *set_args(tmp_path, "train.steps=200")]) == 2
+    assert capsys.readouterr().err.endswith(
+        "(train.steps changed). Resume it unchanged, give this one another name "
+        "(--set experiment=NAME), or pass --restart to move the old run aside\n")
+    assert len(trained) == 3  # the first run's; neither refused one trained

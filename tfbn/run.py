@@ -86,7 +86,7 @@ def main(argv=None):
         check_builders(config)
         try:
             rows = run_study(config, quiet=args.quiet, restart=args.restart, role=role,
-                             one_pack=args.one_pack)
+                             one_pack=args.one_pack, report=False, command_line=True)
         except PackFinished:
             return RECYCLE_STATUS
         except Stopped as stop:
@@ -104,6 +104,10 @@ def main(argv=None):
         if args.report:
             from tfbn.report import write_report
             print(f"\nreport: {write_report(os.path.join(config.log.dir, config.experiment))}")
+        if rows.missing:
+            print(f"tfbn: no result for {', '.join(rows.missing)}; to train them, run: "
+                  f"{resume_command(argv)}", file=sys.stderr)
+            return 1
     except UserError as e:
         print(f"tfbn: error: {e}", file=sys.stderr)
         return 2
