@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import types
 from collections import Counter
 from concurrent import futures
 
@@ -25,7 +27,7 @@ from tfbn.errors import ConfigError
 from tfbn.interrupts import resume_command
 from tfbn.packing import plan_packs
 from tfbn.run import main
-from tfbn.sweep import DesignOracle
+from tfbn.sweep import DesignOracle, _search_as_chief
 
 from helpers import QUICKSTART, WAIT_S, load, read_rows, set_args
 
@@ -294,3 +296,37 @@ def test_that_heartbeats_keep_a_worker_and_stop_it_once_its_pack_went_elsewhere_
         time.sleep(2)
         with pytest.raises(workers.ChiefGone, match="has not answered for 1 s"):
             interrupts.check()
+
+
+def test_that_a_chief_says_when_it_loses_a_silent_worker_and_waits_until_its_pack_is_trained_again(
+        tmp_path, capsys):
+    oracle = _oracle(tmp_path, timeout=None)
+    config = load(tmp_path, *STUDY, "distribute.worker_timeout=1")
+    oracle.create_trial("silent")
+    ended = []
+
+    def busy_worker():  # sends heartbeats, trains its pack, then the silent worker's
+        while True:
+            trial = oracle.create_trial("busy")
+            if trial.status == TrialStatus.STOPPED:
+                return
+            if trial.status == TrialStatus.IDLE:  # every pack is out: ask again
+                time.sleep(0.1)
+            if trial.status == TrialStatus.RUNNING:
+                for _ in range(5):
+                    oracle.get_trial(workers.HEARTBEAT_PREFIX + "busy")
+                    time.sleep(0.3)
+                _end(oracle, trial)
+                ended.append(trial.hyperparameters.values["pack"])
+
+    worker = threading.Thread(target=busy_worker, daemon=True)
+    worker.start()
+    serving = threading.Event()  # stands for keras-tuner's server thread
+    _search_as_chief(lambda: types.SimpleNamespace(search=serving.wait), oracle, config,
+                     str(tmp_path), local=False, quiet=True)
+    serving.set()
+    worker.join(10)
+    assert ended == ["bn=before", "bn=none"]
+    assert re.fullmatch(r"tfbn: silent sent nothing for \d+ s while training pack bn=none; "
+                        r"it is proposed again\n", capsys.readouterr().out)
+    assert oracle.lost[0].trained_by == "busy" and oracle.finished()

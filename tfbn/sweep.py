@@ -553,10 +553,14 @@ def _search_as_chief(make_tuner, oracle, config, experiment_dir, local, quiet):
         if not local:
             # Not chief.join(): keras-tuner's chief looks every 20 s for busy workers
             # before it stops serving (a daemon thread; it ends with the process).
+            reported = 0  # lost workers, each said when the chief loses it
             while chief.is_alive() and not (oracle.finished() and not oracle.tuner_ids):
                 time.sleep(workers.POLL_S)
                 interrupts.check()
                 oracle.check_workers()
+                for lost in oracle.lost[reported:]:
+                    print(f"tfbn: {lost}", flush=True)
+                reported = len(oracle.lost)
             return
         count = config.distribute.parallel_trials
         # The workers load what they train on; the chief needs its data no more.

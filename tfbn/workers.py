@@ -91,6 +91,10 @@ class LostPack:
     again: bool
     trained_by: str = None
 
+    def __str__(self):
+        return (f"{self.worker} {self.reason} while training pack {self.pack}; it is "
+                + ("proposed again" if self.again else "given up"))
+
 
 def set_role(role, oracle, tuner_id=None):
     """Sets keras-tuner's environment variables for a chief or a worker.
@@ -367,8 +371,7 @@ class LocalWorkers:
         # A worker that held no pack lost nothing; the others go on.
         lost = None if status == 0 else self.chief.lose(self._ids[i], describe_exit(status))
         if lost is not None:
-            self._note(f"tfbn: {lost.worker} {lost.reason} while training pack {lost.pack}; "
-                       + ("it is proposed again" if lost.again else "it is given up"))
+            self._note(f"tfbn: {lost}")
         if (lost is not None or self._ids[i] in self.chief.silenced) and not self.chief.finished():
             self._replaced[i] += 1
             self._ids[i] = f"worker{i}.{self._replaced[i]}"
