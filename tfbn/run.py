@@ -111,6 +111,9 @@ def main(argv=None):
     except UserError as e:
         print(f"tfbn: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the study began (TensorFlow loading) or in the report
+        print(f"tfbn: stopped by SIGINT; to resume, run: {resume_command(argv)}", file=sys.stderr)
+        return 130
     print(f"TensorBoard: tensorboard --logdir {config.log.dir}")
     return 0
 
