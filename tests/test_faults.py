@@ -150,18 +150,19 @@ def session_ends(run_dir):
 
 
 @contextlib.contextmanager
-def before_recording(monkeypatch, trial, action):
-    """Runs ``action`` just before the row of the study's ``trial``-th trial (0-based) is written."""
-    end_trial = tfbn.hparams.end_trial
+def before(monkeypatch, call, trial, action):
+    """Runs ``action`` just before ``tfbn.hparams.<call>`` for the study's ``trial``-th trial
+    (0-based): ``start_trial`` as it starts, ``end_trial`` just before its row."""
+    write = getattr(tfbn.hparams, call)
     calls = []
 
-    def end_then_act(run_dir, result):
+    def act_then_write(run_dir, *args):
         calls.append(run_dir)
         if len(calls) == trial + 1:
             action()
-        end_trial(run_dir, result)
+        write(run_dir, *args)
 
-    monkeypatch.setattr(tfbn.hparams, "end_trial", end_then_act)
+    monkeypatch.setattr(tfbn.hparams, call, act_then_write)
     yield
     monkeypatch.undo()
 
@@ -178,7 +179,7 @@ def test_that_a_results_file_that_cannot_be_written_stops_the_study_without_a_fa
         results.unlink()
         results.mkdir()
 
-    with before_recording(monkeypatch, 1, replace_with_a_folder):
+    with before(monkeypatch, "end_trial", 1, replace_with_a_folder):
         with pytest.raises(StorageError) as stop:
             run_study(config, quiet=True, report=False)
     assert (stop.value.path, stop.value.cause) == (str(results), "Is a directory")
@@ -192,7 +193,7 @@ def test_that_a_results_file_that_cannot_be_written_stops_the_study_without_a_fa
 def test_that_a_removed_experiment_folder_stops_the_study(tmp_path, reference, monkeypatch):
     config = load(tmp_path, *FACTORS)
     experiment = tmp_path / "quickstart"
-    with before_recording(monkeypatch, 1, lambda: shutil.rmtree(experiment)):
+    with before(monkeypatch, "end_trial", 1, lambda: shutil.rmtree(experiment)):
         with pytest.raises(StorageError) as stop:
             run_study(config, quiet=True, report=False)
     assert stop.value.path == str(experiment)
@@ -215,8 +216,9 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+@pytest.mark.parametrize("call", ["start_trial", "end_trial"])
 def test_that_a_full_disk_stops_the_study_and_the_next_run_trains_what_it_lost(
-        small_disk, reference, monkeypatch):
+        small_disk, reference, monkeypatch, call):
     config = load(small_disk, *FACTORS)
     experiment = small_disk / "quickstart"
     filler = small_disk / "filler"
@@ -227,11 +229,11 @@ def test_that_a_full_disk_stops_the_study_and_the_next_run_trains_what_it_lost(
                 f.write(b"\0" * 65536)
                 f.flush()
 
-    with before_recording(monkeypatch, 1, fill):
+    with before(monkeypatch, call, 1, fill):
         with pytest.raises(StorageError) as stop:
             run_study(config, quiet=True, report=False)
     assert stop.value.cause == "No space left on device"
-    assert stop.value.path.startswith(str(experiment))
+    assert stop.value.path.startswith(str(experiment / "bn=before"))  # the trial's own file
     filler.unlink()
     assert [row["run"] for row in read_results(experiment / "results.csv")[1]] == RUNS[:1]
     resume_and_check(config, experiment, reference, monkeypatch, trained=RUNS[1:])

@@ -112,6 +112,18 @@ def storage_error(error, path):
     return StorageError(named.group(1) if named else path, cause)
 
 
+@contextlib.contextmanager
+def _writing(path):
+    """Turns a failure to write a study's files (under ``path``) into a `StorageError`."""
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as error:
+        stop = storage_error(error, path)
+        if stop is None:
+            raise
+        raise stop from error
+
+
 def _storage_cause(message):
     return next((os.strerror(code) for code in _STORAGE_ERRNOS if os.strerror(code) in message), None)
 
@@ -340,7 +352,8 @@ class StudyTuner(keras_tuner.Tuner):
                 run_dir = os.path.join(self.experiment_dir, run_name(point))
                 # A run folder of an unfinished trial holds a killed run's partial events.
                 shutil.rmtree(run_dir, ignore_errors=True)
-                hparams.start_trial(run_dir, f"{self.config.experiment}/{run_name(point)}", point)
+                with _writing(run_dir):
+                    hparams.start_trial(run_dir, f"{self.config.experiment}/{run_name(point)}", point)
                 trial_config = apply_factors(self.config, point)
                 progress = self._progress(point, trial_config, finished + len(positions),
                                           len(self.points) - finished - remaining, remaining,
@@ -390,15 +403,13 @@ class StudyTuner(keras_tuner.Tuner):
             StorageError: either could not be written, or the experiment folder
                 is no longer the one the study started in.
         """
-        try:
+        with _writing(self.results_path):
             hparams.end_trial(run_dir, result)
             # TensorFlow's writers recreate a removed folder silently: the row must not follow.
             if not os.path.samestat(os.stat(self.experiment_dir), os.fstat(self._folder)):
                 raise StorageError(self.experiment_dir, "the folder was replaced during the study")
             append_row(self.results_path, {"trial": trial.trial_id, "run": run_name(point),
                                            **point, **dataclasses.asdict(result)}, result_columns(point))
-        except (OSError, tf.errors.OpError) as error:
-            raise storage_error(error, self.results_path) or error
 
     def _progress(self, point, trial_config, done, trials_after, in_pack, live):
         if self.quiet:
@@ -471,17 +482,13 @@ def run_study(config, *, quiet=False, restart=False, report=True, role=None, one
     role = role or workers.current_role()
     # A worker's chief has checked the data of every trial already.
     _check_trials(config, points, strategy, check_data=role != "worker")
-    try:
+    # keras-tuner's own files, the study's descriptions: written outside any trial.
+    with _writing(experiment_dir):
         # A worker's chief holds the lock; a worker takes none.
         with interrupts.stop_on_signals(), \
                 experiment_lock(config.log.dir, config.experiment, fix["rename"]) \
                 if role != "worker" else contextlib.nullcontext():
             _run_locked(config, points, strategy, experiment_dir, quiet, restart, role, one_pack, fix)
-    except (OSError, tf.errors.OpError) as error:  # keras-tuner's own files, the study's descriptions
-        stop = storage_error(error, experiment_dir)
-        if stop is None:
-            raise
-        raise stop from error
     rows = {row["run"]: row for row in study_rows(experiment_dir, points)}
     results = StudyResults(
         [{"trial": rows[run_name(p)]["trial"], "run": run_name(p), **p,
