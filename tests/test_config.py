@@ -96,6 +96,10 @@ def test_that_every_shipped_config_is_valid():
      "sets the same key as another factor"),
     ({"data": {"source": "tfds", "name": "mnist"}, "study": {"factors": {"data.name": ["a/b"]}}},
      "would put a '/' in a run folder's name"),
+    # A mapping or a list is checked as its own alternative, whose message names the entry.
+    ({"train": {"threshold": {"relative": 2}}}, "train.threshold.relative: must lie in [0, 1], got 2"),
+    ({"data": {"classes": [0, "a"]}}, "data.classes[1]: expected an integer, got 'a'"),
+    ({"train": {"threshold": [0.9]}}, "train.threshold: expected a number or a mapping of relative, absolute"),
 ])
 def test_that_invalid_configs_name_the_key_and_the_fix(raw, message):
     with pytest.raises(ConfigError) as error:

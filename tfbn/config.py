@@ -529,6 +529,9 @@ def _coerce(value, tp, key):
         if value is None and type(None) in args:
             return None
         alternatives = [a for a in args if a is not type(None)]
+        shaped = [a for a in alternatives if _same_shape(value, a)]
+        if len(shaped) == 1:  # a mapping or a list: its own alternative's error names the entry
+            return _coerce(value, shaped[0], key)
         for alternative in alternatives:
             try:
                 return _coerce(value, alternative, key)
@@ -650,9 +653,18 @@ def _section_fields(section):
     return {f.name: f for f in dataclasses.fields(section_cls)}
 
 
+def _same_shape(value, tp):
+    """Whether ``value`` is a mapping and ``tp`` a section, or a list and ``tp`` a tuple."""
+    if isinstance(value, dict):
+        return dataclasses.is_dataclass(tp)
+    return isinstance(value, (list, tuple)) and typing.get_origin(tp) is tuple
+
+
 def _choice_name(tp):
     if typing.get_origin(tp) is Literal:
         return ", ".join(map(str, typing.get_args(tp)))
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}"
     return _type_name(tp)
 
 
