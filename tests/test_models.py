@@ -133,7 +133,11 @@ def test_that_an_unknown_initializer_names_the_choices():
     ({"hidden_units": 100}, r"^hidden_units=100: .*e\.g\. hidden_units=\(100, 100\)$"),
     ({"hidden_units": ()}, r"^hidden_units=\(\): give the width of each hidden layer, at least one"),
     ({"hidden_units": (100, 0)}, r"^hidden_units=\(100, 0\): .*positive integers"),
-    ({"num_classes": 0}, r"^num_classes=0: give a positive integer, e\.g\. num_classes=10$"),
+    ({"num_classes": 0}, r"^num_classes=0: give an integer >= 2, e\.g\. num_classes=10$"),
+    ({"num_classes": 1}, r"^num_classes=1: give an integer >= 2"),  # one softmax logit has loss 0
+    ({"bn_momentum": 2}, r"^bn_momentum=2: give a finite number in \[0, 1\], e\.g\. bn_momentum=0\.99$"),
+    ({"bn_epsilon": -1e-3}, r"^bn_epsilon=-0\.001: give a finite number in \[0, inf\]"),
+    ({"activation": "lrelu", "leaky_slope": "x"}, r"^leaky_slope='x': give a finite number, e\.g\. leaky_slope"),
     ({"seed": None}, r"^seed=None: give an integer, e\.g\. seed=0; for a fresh network, seed=random\.randrange"),
     ({"seed": 1.5}, r"^seed=1\.5: give an integer"),
     ({"seed": True}, r"^seed=True: give an integer"),
@@ -145,6 +149,12 @@ def test_that_an_unknown_initializer_names_the_choices():
 def test_that_each_bad_argument_gets_one_line_naming_it_and_the_fix(arguments, message):
     with pytest.raises(tfbn.errors.ConfigError, match=message):
         tfbn.build_mlp(**arguments)
+
+
+def test_that_hidden_units_may_be_a_numpy_array():
+    widths = [layer.units for layer in tfbn.build_mlp(64, 10, np.array([7, 5])).layers[1:]
+              if isinstance(layer, keras.layers.Dense)]
+    assert widths == [7, 5, 10]
 
 
 def test_that_an_integer_input_shape_is_the_width_of_a_flat_example():

@@ -23,6 +23,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfbn.errors import ConfigError
@@ -144,8 +145,11 @@ def build_mlp(
     """
     width = _input_width(input_shape)
     hidden_units = _hidden_widths(hidden_units)
-    num_classes = _integer("num_classes", num_classes, "num_classes=10", positive=True)
+    num_classes = _integer("num_classes", num_classes, "num_classes=10", minimum=2)
     seed = _integer("seed", seed, "seed=0; for a fresh network, seed=random.randrange(2**31)")
+    _check_number("leaky_slope", leaky_slope, "leaky_slope=0.2")
+    _check_number("bn_momentum", bn_momentum, "bn_momentum=0.99", low=0, high=1)
+    _check_number("bn_epsilon", bn_epsilon, "bn_epsilon=1e-3", low=0)
     if not callable(activation):
         _check_choice("activation", activation, ACTIVATIONS, "or a callable such as keras.activations.gelu")
     _check_choice("bn", bn, BN_PLACEMENTS)
@@ -259,18 +263,27 @@ def _input_width(input_shape):
 
 
 def _hidden_widths(hidden_units):
-    widths = tuple(hidden_units) if isinstance(hidden_units, (tuple, list)) else ()
+    widths = tuple(hidden_units) if isinstance(hidden_units, (tuple, list, range, np.ndarray)) else ()
     if not widths or not all(_is_integer(w) and w > 0 for w in widths):
         raise ConfigError(f"hidden_units={hidden_units!r}: give the width of each hidden layer, at least one, "
                           "as positive integers, e.g. hidden_units=(100, 100)")
     return tuple(int(w) for w in widths)
 
 
-def _integer(argument, value, example, positive=False):
-    if not _is_integer(value) or (positive and value < 1):
-        raise ConfigError(f"{argument}={value!r}: give {'a positive integer' if positive else 'an integer'}, "
-                          f"e.g. {example}")
+def _integer(argument, value, example, minimum=None):
+    if not _is_integer(value) or (minimum is not None and value < minimum):
+        wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise ConfigError(f"{argument}={value!r}: give {wanted}, e.g. {example}")
     return int(value)
+
+
+def _check_number(argument, value, example, low=None, high=None):
+    """Refuses a value that is not a finite real number in ``[low, high]``."""
+    in_range = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                and (low is None or value >= low) and (high is None or value <= high))
+    if not in_range:
+        bounds = "" if low is None else f" in [{low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"{argument}={value!r}: give a finite number{bounds}, e.g. {example}")
 
 
 def _is_integer(value):
