@@ -233,3 +233,32 @@ def test_that_a_chain_splits_fused_activations_and_refuses_branches():
     skip = keras.Model(inputs, keras.layers.Add()([inputs, keras.layers.Dense(4)(inputs)]), name="skip")
     assert tfbn.structure.chain(skip) is None
     assert "model 'skip' is not a chain of layers" in tfbn.structure.chain_problem(skip)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"every": 0}, r"^every=0: give the training steps between two writes, a positive integer, e\.g\. every=100$"),
+    ({"every": 2.5}, r"^every=2\.5: give the training steps"),
+    ({"include": "weights"}, r"^include='weights': give a list of instruments, e\.g\. include=\['weights'\]$"),
+    ({"include": ["weights", "telepathy"]}, r"^unknown instruments \['telepathy'\]; choose from: weights, "),
+    ({"jacobian_mode": "exact"}, r"^jacobian_mode='exact': choose one of: inference, batch$"),
+    ({"probe": PROBE_X}, r"^probe must be a pair \(x, y\)"),
+    ({"probe": (PROBE_X, PROBE_Y[:5])}, r"^probe holds 40 inputs and 5 labels; give one or more examples"),
+    ({"probe": (PROBE_X[:0], PROBE_Y[:0])}, r"^probe holds 0 inputs and 0 labels"),
+    ({"probe": (PROBE_X, None)}, r"^probe=\(x, None\): the gradient instruments differentiate the compiled loss"),
+    ({"log_dir": None}, r"^log_dir=None: give the run directory as a path"),
+])
+def test_that_instruments_refuse_bad_arguments_before_fit_in_one_line(tmp_path, arguments, message):
+    arguments = {"log_dir": tmp_path, "probe": (PROBE_X, PROBE_Y), **arguments}
+    with pytest.raises(tfbn.errors.UserError, match=message):
+        tfbn.callbacks.instruments(**arguments)
+
+
+def test_that_instruments_refuse_a_log_dir_that_is_a_file(tmp_path):
+    (tmp_path / "run").write_text("")
+    with pytest.raises(tfbn.errors.UserError, match=r"is a file; give a directory the events can go to$"):
+        tfbn.callbacks.instruments(tmp_path / "run", probe=(PROBE_X, PROBE_Y))
+
+
+def test_that_the_probe_labels_may_be_left_out_when_no_instrument_needs_them(tmp_path):
+    callbacks = tfbn.callbacks.instruments(tmp_path, probe=(PROBE_X, None), include=["weights", "jacobian"])
+    assert [type(c).__name__ for c in callbacks] == ["TensorBoard", "Weights", "JacobianSpectrum"]

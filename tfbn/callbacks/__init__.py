@@ -11,6 +11,9 @@ model.fit(x, y, epochs=5, callbacks=tfbn.callbacks.instruments("logs/cnn", probe
 ```
 """
 
+import numbers
+import os
+
 from tfbn.callbacks import events
 from tfbn.callbacks.batch_statistics import BatchStatisticsEvaluation
 from tfbn.callbacks.gradients import Gradients
@@ -21,6 +24,7 @@ from tfbn.callbacks.progress import Progress
 from tfbn.callbacks.step_metrics import StepMetrics, TensorBoard
 from tfbn.callbacks.weights import Weights
 from tfbn.errors import UserError
+from tfbn.instruments import MODES
 
 
 __all__ = ["ActivationPercentiles", "BatchStatisticsEvaluation", "CovariateShift", "Gradients",
@@ -63,6 +67,12 @@ def instruments(log_dir, probe, every=100, *, include=DEFAULT_INSTRUMENTS, jacob
         A list of callbacks: a `TensorBoard` (the loss and metrics Keras
         logs, at the training step) and the instruments, in the order of ``include``.
 
+    Raises:
+        UserError: An argument would make ``fit`` fail: ``every`` not a
+            positive integer, ``probe`` not a pair of as many inputs as labels
+            (labels may be None without the gradient instruments), an unknown
+            instrument or mode, or ``log_dir`` a file.
+
     Example:
 
     ```python
@@ -70,16 +80,40 @@ def instruments(log_dir, probe, every=100, *, include=DEFAULT_INSTRUMENTS, jacob
     model.fit(x_train, y_train, epochs=3, callbacks=callbacks)
     ```
     """
-    unknown = sorted(set(include) - set(ALL_INSTRUMENTS))
-    if unknown:
-        raise UserError(f"unknown instruments {unknown}; choose from: {', '.join(ALL_INSTRUMENTS)}")
-    if not (isinstance(probe, (tuple, list)) and len(probe) == 2):
-        raise UserError("probe must be a pair (x, y) of inputs and their labels, "
-                        "e.g. probe=(x_test[:250], y_test[:250])")
+    _check_arguments(log_dir, probe, every, include, jacobian_mode, percentiles_mode)
     writer = events.Writer(log_dir)
     batch = ProbeBatch(*probe)
     return [TensorBoard(writer), *_build(include, writer, dict.fromkeys(include, every), batch.x, batch,
                                          jacobian_mode, percentiles_mode)]
+
+
+def _check_arguments(log_dir, probe, every, include, jacobian_mode, percentiles_mode):
+    """Refuses `instruments`' arguments that would fail only once ``fit`` runs, in one line each."""
+    if not isinstance(log_dir, (str, os.PathLike)):
+        raise UserError(f"log_dir={log_dir!r}: give the run directory as a path, e.g. log_dir='logs/cnn'")
+    if os.path.exists(log_dir) and not os.path.isdir(log_dir):
+        raise UserError(f"log_dir={os.fspath(log_dir)!r} is a file; give a directory the events can go to")
+    if not (isinstance(every, numbers.Integral) and not isinstance(every, bool) and every > 0):
+        raise UserError(f"every={every!r}: give the training steps between two writes, a positive integer, "
+                        "e.g. every=100")
+    if isinstance(include, str):
+        raise UserError(f"include={include!r}: give a list of instruments, e.g. include=[{include!r}]")
+    unknown = sorted(set(include) - set(ALL_INSTRUMENTS))
+    if unknown:
+        raise UserError(f"unknown instruments {unknown}; choose from: {', '.join(ALL_INSTRUMENTS)}")
+    for argument, mode in (("jacobian_mode", jacobian_mode), ("percentiles_mode", percentiles_mode)):
+        if mode not in MODES:
+            raise UserError(f"{argument}={mode!r}: choose one of: {', '.join(MODES)}")
+    if not (isinstance(probe, (tuple, list)) and len(probe) == 2):
+        raise UserError("probe must be a pair (x, y) of inputs and their labels, "
+                        "e.g. probe=(x_test[:250], y_test[:250])")
+    x, y = probe
+    if y is None and {"gradients", "ics", "landscape"} & set(include):
+        raise UserError("probe=(x, None): the gradient instruments differentiate the compiled loss on the "
+                        "probe and need its labels, e.g. probe=(x_test[:250], y_test[:250])")
+    if hasattr(x, "shape") and (not len(x) or (hasattr(y, "shape") and len(y) != len(x))):
+        raise UserError(f"probe holds {len(x)} inputs and {len(y)} labels; give one or more examples "
+                        "with a label each, e.g. probe=(x_test[:250], y_test[:250])")
 
 
 def build_instruments(log_config, log_dir, probe_x, sample=None, shared_spectra=None):
