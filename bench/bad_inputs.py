@@ -95,7 +95,7 @@ def _outside(sandbox):
 
 
 CASES = [
-    # The findings of issue 24, as they were reported.
+    # Inputs that once gave tracebacks, hangs or silently wrong studies.
     Case("non-finite initializer", ["model.initializer=.nan"], "model.initializer"),
     Case("non-finite leaky slope", ["model.leaky_slope=.nan"], "model.leaky_slope"),
     Case("NaN learning rate", ["train.learning_rate=.nan"], "train.learning_rate"),

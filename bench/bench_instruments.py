@@ -174,7 +174,7 @@ def jacobian_pass(probe, repeats):
 
 def _gram_matrices(model, probe):
     """The float64 Gram matrices that a pass over ``probe`` decomposes: every hidden block's and
-    the network's, by the pass's own helpers, so that the floor is for exactly these."""
+    the network's, by the pass's own functions, so that the floor is for exactly these."""
     steps = instruments._steps(model)
     state = instruments._compiled(model, "forward", "inference")(tf.constant(probe))
     gains = state["gains"]

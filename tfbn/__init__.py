@@ -52,5 +52,5 @@ def __getattr__(name):
 
 
 def __dir__():
-    # The public names and the module's own dunders, not its helpers (`importlib`, `_EXPORTS`).
+    # The public names and the module's own dunders, not its internals (`importlib`, `_EXPORTS`).
     return sorted(set(__all__) | {name for name in globals() if name.startswith("__")})

@@ -79,6 +79,7 @@ def kernel_layers(model):
 
 
 def batch_norm_layers(model):
+    """The BatchNormalization and Batch Renormalization layers of ``model``, in model order."""
     return [layer for layer in layers(model) if isinstance(layer, BATCH_NORM_LAYERS)]
 
 
@@ -107,6 +108,7 @@ def chain_problem(model):
 
 
 def has_fused_activation(layer):
+    """Whether ``layer`` applies an ``activation`` of its own other than linear (``Dense(10, "relu")``)."""
     return (not isinstance(layer, ACTIVATION_LAYERS)
             and getattr(layer, "activation", None) not in (None, keras.activations.linear))
 

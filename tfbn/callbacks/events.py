@@ -83,6 +83,7 @@ class Writer:
         return log_dir if isinstance(log_dir, Writer) else cls(log_dir)
 
     def open(self):
+        """Registers one more callback that writes here until it calls `close`."""
         self._users += 1
 
     def write(self, step, scalars, histograms=None, describe=False):
@@ -92,6 +93,7 @@ class Writer:
         write(self._file, step, scalars, histograms, describe)
 
     def close(self):
+        """Ends one callback's use; the last one closes the file."""
         self._users = max(self._users - 1, 0)
         if self._users == 0 and self._file is not None:
             self._file.close()

@@ -32,6 +32,7 @@ class TrainingSample:
     seed: int
 
     def batch(self, step):
+        """``(x, y)``: the batch probed at training step ``step``."""
         rng = np.random.default_rng([self.seed, step])
         chosen = rng.choice(len(self.y), self.batch_size, replace=False)
         return self.x[chosen], self.y[chosen]
@@ -49,6 +50,7 @@ class ProbeBatch:
     y: np.ndarray
 
     def batch(self, step):
+        """``(x, y)``, the same at every step."""
         return self.x, self.y
 
 
