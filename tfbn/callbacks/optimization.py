@@ -3,7 +3,6 @@
 
 import dataclasses
 
-import keras
 import numpy as np
 
 from tfbn import structure, tags

@@ -66,11 +66,7 @@ class TensorBoard(StepMetrics):
         log_dir: The run directory, or the `events.Writer` shared with the instruments.
     """
 
-    @property
-    def log_dir(self):
-        return self.writer.log_dir
-
-    @log_dir.setter
+    @StepMetrics.log_dir.setter
     def log_dir(self, value):
         self.writer.log_dir = value
 
