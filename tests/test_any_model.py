@@ -262,3 +262,12 @@ def test_that_instruments_refuse_a_log_dir_that_is_a_file(tmp_path):
 def test_that_the_probe_labels_may_be_left_out_when_no_instrument_needs_them(tmp_path):
     callbacks = tfbn.callbacks.instruments(tmp_path, probe=(PROBE_X, None), include=["weights", "jacobian"])
     assert [type(c).__name__ for c in callbacks] == ["TensorBoard", "Weights", "JacobianSpectrum"]
+
+
+def test_that_probe_inputs_of_another_shape_than_the_models_are_refused_when_training_begins(tmp_path):
+    model = cnn()
+    callbacks = tfbn.callbacks.instruments(tmp_path, probe=(X_TEST[:20], keras.utils.to_categorical(Y_TEST[:20], 10)))
+    with pytest.raises(tfbn.errors.UserError, match=r"^Gradients: model 'digits_cnn' takes examples of shape "
+                                                     r"\(8, 8, 1\), the probe's have the shape \(64,\); give"):
+        model.fit(IMAGES[:32], keras.utils.to_categorical(LABELS[:32], 10), callbacks=callbacks, verbose=0)
+    assert model.optimizer.iterations.numpy() == 0

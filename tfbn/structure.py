@@ -107,6 +107,17 @@ def chain_problem(model):
     return None
 
 
+def input_problem(model, x):
+    """Why inputs ``x`` do not fit ``model``'s single input, for an error; None if they fit or it cannot tell."""
+    inputs = getattr(model, "inputs", None) or ()
+    if len(inputs) != 1 or not hasattr(x, "shape"):
+        return None
+    expected, given = tuple(inputs[0].shape[1:]), tuple(x.shape[1:])
+    if len(given) == len(expected) and all(e is None or e == g for e, g in zip(expected, given)):
+        return None
+    return f"model {model.name!r} takes examples of shape {expected}, the probe's have the shape {given}"
+
+
 def has_fused_activation(layer):
     """Whether ``layer`` applies an ``activation`` of its own other than linear (``Dense(10, "relu")``)."""
     return (not isinstance(layer, ACTIVATION_LAYERS)

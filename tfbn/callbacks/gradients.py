@@ -49,6 +49,9 @@ class Gradients(Periodic):
             return None
         return f"model {self.model.name!r} has no Dense or convolution layer"
 
+    def probe_inputs(self):
+        return None if self.sample is None else self.sample.x
+
     def measure(self):
         step = self._step()
         if self._records_gradients() and step != self._first_step:

@@ -52,6 +52,9 @@ class JacobianSpectrum(Periodic):
         problem = structure.chain_problem(self.model)
         return f"{problem}, as BN's batch mode needs" if problem and self.mode != "inference" else None
 
+    def probe_inputs(self):
+        return self.probe_x
+
     def measure(self):
         if self.shared is None:
             spectra = jacobian_singular_values(self.model, self.probe_x, self.mode)

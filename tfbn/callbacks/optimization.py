@@ -73,6 +73,9 @@ class _OptimizationProbe(Periodic):
                             "its update is part of the measurement")
         super().on_train_begin(logs)
 
+    def probe_inputs(self):
+        return self.sample.x
+
     def measure(self):
         return self.probe(*self.sample.batch(self._step())), {}
 

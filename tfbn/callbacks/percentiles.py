@@ -48,6 +48,9 @@ class ActivationPercentiles(Periodic):
         super().set_model(model)
         self._preactivations = None  # compiled for the model set, at its first measurement
 
+    def probe_inputs(self):
+        return self.probe_x
+
     def unmeasurable(self):
         reason = structure.chain_problem(self.model)
         if reason is None and not any(step.kind == structure.NONLINEARITY

@@ -4,7 +4,9 @@ import warnings
 
 import keras
 
+from tfbn import structure
 from tfbn.callbacks import events
+from tfbn.errors import UserError
 
 
 class Periodic(keras.callbacks.Callback):
@@ -49,12 +51,19 @@ class Periodic(keras.callbacks.Callback):
         """Why the model has nothing this instrument measures, or None if it has."""
         return None
 
+    def probe_inputs(self):
+        """The inputs the model is evaluated on, checked against its input shape when training begins."""
+        return None
+
     def on_train_begin(self, logs=None):
         reason = self.unmeasurable()
         self._idle = reason is not None
         if self._idle:
             warnings.warn(f"{type(self).__name__} writes nothing: {reason}", stacklevel=2)
             return
+        problem = structure.input_problem(self.model, self.probe_inputs())
+        if problem:
+            raise UserError(f"{type(self).__name__}: {problem}; give probe inputs shaped as the training data")
         self.writer.open()
         self._first_step = self._previous_step = self._step()
         if self.log_at_start:
