@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from tfbn.config import ConfigError, dump_config, load_config, parse_config, parse_yaml
+from tfbn.config import ConfigError, dump_config, load_builder, load_config, parse_config, parse_yaml
 from tfbn.run import main
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
@@ -208,3 +208,25 @@ def test_that_config_errors_and_help_are_answered_before_tensorflow_loads(tmp_pa
     errors = result.stderr.splitlines()
     assert len(errors) == 4 and all(line.startswith("tfbn: error: ") for line in errors)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def build(:\n", r"cannot import user_models_\w+ \(SyntaxError: .*\); fix the module so that it imports$"),
+    ("raise RuntimeError('at import')\n",
+     r"cannot import user_models_\w+ \(RuntimeError: at import\); fix the module so that it imports$"),
+    ("def build(input_shape, num_classes, width_multiplier):\n    pass\n",
+     r"the function requires width_multiplier, which tfbn does not pass; give it a default or take only "
+     r"build_mlp's keywords \(input_shape, num_classes, hidden_units, "),
+])
+def test_that_a_builder_that_cannot_be_called_is_refused_in_one_line(tmp_path, monkeypatch, source, message):
+    name = f"user_models_{tmp_path.name}"  # one module name a case: an imported module stays cached
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"^model.builder '{name}:build': {message}"):
+        load_builder(f"{name}:build")
+
+
+def test_that_a_builder_with_defaults_or_build_mlps_keywords_loads(tmp_path, monkeypatch):
+    (tmp_path / "user_models_ok.py").write_text("def build(input_shape, bn, depth_scale=1, **kwargs):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_builder("user_models_ok:build").__name__ == "build"

@@ -15,6 +15,7 @@ config = tfbn.config.load_config("configs/quickstart.yaml", ["train.steps=500"])
 import dataclasses
 import difflib
 import importlib
+import inspect
 import math
 import os
 import re
@@ -638,13 +639,33 @@ def load_builder(spec):
         module = importlib.import_module(module_name)
     except Exception as error:  # the user's module may fail in any way; say how, in one line
         cause = " ".join(f"{type(error).__name__}: {error}".split())
-        raise ConfigError(f"model.builder {spec!r}: cannot import {module_name} ({cause}); run from "
-                          "the folder that holds it or add that folder to PYTHONPATH") from None
+        missing = isinstance(error, ModuleNotFoundError) and module_name.startswith(str(error.name))
+        fix = ("run from the folder that holds it or add that folder to PYTHONPATH" if missing
+               else "fix the module so that it imports")
+        raise ConfigError(f"model.builder {spec!r}: cannot import {module_name} ({cause}); {fix}") from None
     builder = getattr(module, function_name, None)
     if not callable(builder):
         raise ConfigError(f"model.builder {spec!r}: {module_name} has no function {function_name}; "
                           f"name a function defined in {module.__file__}")
+    _check_builder_parameters(spec, builder)
     return builder
+
+
+def _check_builder_parameters(spec, builder):
+    """Refuses a builder that requires an argument tfbn does not pass (it passes build_mlp's keywords)."""
+    from tfbn.models import build_mlp  # imports TensorFlow, which the builder's trials load anyway
+
+    given = inspect.signature(build_mlp).parameters
+    try:
+        parameters = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some built-ins): its call will say
+        return
+    required = [p.name for p in parameters if p.default is p.empty and p.name not in given
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if required:
+        raise ConfigError(f"model.builder {spec!r}: the function requires {', '.join(required)}, which tfbn "
+                          f"does not pass; give {'it a default' if len(required) == 1 else 'them defaults'} "
+                          f"or take only build_mlp's keywords ({', '.join(given)})")
 
 
 def _section_fields(section):
