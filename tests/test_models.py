@@ -144,6 +144,9 @@ def test_that_an_unknown_initializer_names_the_choices():
     ({"kernel_initializer": "glorotx"}, r"^kernel_initializer='glorotx': unknown initializer; choose one of: "
                                         r"course, glorot, he, a Keras initializer name such as 'he_normal'"),
     ({"logits_initializer": [0.1]}, r"^logits_initializer=\[0\.1\]: give an initializer name, a std"),
+    ({"kernel_initializer": -1}, r"^kernel_initializer=-1: a truncated normal's std must be a finite positive"),
+    ({"kernel_initializer": float("inf")}, r"^kernel_initializer=inf: a truncated normal's std must be"),
+    ({"logits_initializer": float("nan")}, r"^logits_initializer=nan: a truncated normal's std must be"),
     ({"activation": 3}, r"^unknown activation 3; choose one of: .*, or a callable such as keras\.activations\.gelu$"),
 ])
 def test_that_each_bad_argument_gets_one_line_naming_it_and_the_fix(arguments, message):

@@ -304,6 +304,9 @@ def _initializer_factory(argument, choice):
                 f"{argument}={choice!r}: unknown initializer; choose one of: {', '.join(INITIALIZERS)}, "
                 "a Keras initializer name such as 'he_normal', or a keras.initializers object") from None
         return lambda fan_in, seed: _reseeded(initializer, seed)
+    if isinstance(choice, numbers.Real) and not isinstance(choice, bool) and not 0 < choice < math.inf:
+        raise ConfigError(f"{argument}={choice!r}: a truncated normal's std must be a finite positive number, "
+                          f"e.g. {argument}=0.1")
     if isinstance(choice, (str, numbers.Real)) and not isinstance(choice, bool):
         return initializer_from(choice)
     if callable(choice):
