@@ -94,8 +94,9 @@ def test_that_a_chief_and_two_workers_one_set_up_by_environment_alone_run_each_t
 
 
 def test_that_parallel_trials_runs_a_grid_in_local_worker_processes(tmp_path, monkeypatch):
-    # Each worker process trains one pack: a fresh one takes each next pack, and one per
-    # worker learns that none is left. (The spy counts the real processes started.)
+    # Each worker process trains one pack, and a fresh one starts while a pack waits: one
+    # per pack, and one more when two ended at once with one pack left. (The spy counts
+    # the real processes started.)
     started = []
 
     def start_worker(*args, **kwargs):
@@ -106,7 +107,7 @@ def test_that_parallel_trials_runs_a_grid_in_local_worker_processes(tmp_path, mo
     config = load(tmp_path, "study.factors={bn: [none, before], seed: [0, 1]}", "train.steps=50",
                   "distribute.parallel_trials=2", "train.pack=1")
     rows = run_study(config, quiet=True, report=False)
-    assert len(started) == 4 + 2
+    assert len(started) in (4, 5)
     names = [f"bn={bn},seed={seed}" for bn in ("none", "before") for seed in (0, 1)]
     assert [(row["run"], row["status"], row["steps_run"]) for row in rows] == [
         (name, "ok", 50) for name in names]

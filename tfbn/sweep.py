@@ -212,6 +212,11 @@ class DesignOracle(keras_tuner.Oracle):
 
     # Workers that die or fall silent (distributed studies).
 
+    def waiting_packs(self):
+        """Whether a pack waits for a worker: not proposed yet, or proposed again."""
+        return not all(self._compute_values_hash(values) in self._tried_so_far
+                       for values in self.proposals)
+
     @keras_tuner.synchronized
     def create_trial(self, tuner_id):
         self._heard[tuner_id] = time.monotonic()

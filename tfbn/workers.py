@@ -291,7 +291,7 @@ class LocalWorkers:
     """Worker processes on this machine, until the study has no pack left.
 
     Each worker process trains one pack, then exits and a fresh process takes
-    its place (same id, same device): TensorFlow keeps what it compiled for
+    its place (same id, same device) while a pack waits: TensorFlow keeps what it compiled for
     every model a process trained (XLA's programs: 150 to 300 MB a pack), so a
     long-lived worker would grow with every pack.
 
@@ -366,7 +366,12 @@ class LocalWorkers:
             self.codes[i] = status
             return
         if status == RECYCLE_STATUS:
-            self._start(i)
+            # A fresh process only if a pack waits for one: a pack that comes back later
+            # (its worker lost) gets the replacement started for that worker.
+            if self.chief.waiting_packs():
+                self._start(i)
+            else:
+                self.codes[i] = 0
             return
         # A worker that held no pack lost nothing; the others go on.
         lost = None if status == 0 else self.chief.lose(self._ids[i], describe_exit(status))
