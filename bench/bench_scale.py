@@ -5,7 +5,8 @@
     python bench/bench_scale.py --quick --compare /tmp/tfbn-old   # another checkout beside
 
 Runs ``configs/quickstart.yaml`` (BN none/before/after, 300 steps, evaluation
-every 100, instruments at their defaults) with ``study.factors`` holding
+every 100, instruments at their defaults but Jacobian spectra at the start and
+the end only) with ``study.factors`` holding
 ``--seeds`` seeds, as ``python -m tfbn.run`` in one process and with
 ``distribute.parallel_trials=2``, and prints per run: wall time (process start
 to exit), seconds per trial, the peak resident memory of the whole process tree
@@ -33,7 +34,9 @@ ARMS = ("none", "before", "after")
 
 def run_study(checkout, seeds, workers, folder):
     """Runs the quickstart with ``seeds`` seeds; returns its wall, peak tree RSS and first-row seconds."""
-    overrides = ["train.steps=300", "train.eval_every=100", f"log.dir={folder}",
+    # The Jacobian spectra at step 0 and the end, as in the figures of earlier versions
+    # (its later default, a tenth of the steps, writes 11 a run and dominates these runs).
+    overrides = ["train.steps=300", "train.eval_every=100", "log.jacobian_every=5000", f"log.dir={folder}",
                  f"distribute.parallel_trials={workers}",
                  f"study.factors={{bn: [{', '.join(ARMS)}], seed: {list(range(seeds))}}}"]
     command = [sys.executable, "-m", "tfbn.run", "--config", str(checkout / "configs" / "quickstart.yaml"),
